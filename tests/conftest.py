@@ -12,6 +12,32 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 TINY_KINDS = ("llama-mha", "llama-gqa", "qwen2-gqa", "qwen2-mha")
+TINY_VOCAB = 320  # byte-level BPE needs 256 base symbols; test ids drawn below 128 stay valid
+
+
+def make_tiny_tokenizer():
+    """A byte-level BPE trained in memory on the embedded corpus' first article (no files, no network)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tracenas.data import load_split
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(load_split(None, "calibration")[:3], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+def save_tiny(path, kind: str = "llama-gqa", num_layers: int = 4):
+    """A tiny model + tokenizer saved as an ordinary HF directory (loadable with --model PATH)."""
+    model = make_tiny(kind, num_layers=num_layers)
+    model.config._attn_implementation = "sdpa"
+    model.save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
 
 
 def make_tiny(kind: str, seed: int = 0, num_layers: int = 4):
@@ -19,7 +45,7 @@ def make_tiny(kind: str, seed: int = 0, num_layers: int = 4):
 
     family, attn = kind.split("-")
     heads, kv = (4, 4) if attn == "mha" else (6, 2)
-    common = dict(vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=num_layers,
+    common = dict(vocab_size=TINY_VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=num_layers,
                   num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=256,
                   head_dim=8, tie_word_embeddings=(family == "qwen2"))
     torch.manual_seed(seed)
@@ -47,3 +73,8 @@ def tiny_model(request):
 def tiny_batches():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 128, (4, 32), generator=g)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama-gqa")

@@ -1,0 +1,456 @@
+"""Export a pruned architecture as an ordinary Hugging Face checkpoint, and load it back.
+
+    tracenas export runs/demo                      # runs/demo/arch.json -> runs/demo/model/
+
+    from tracenas.export import export_pruned, export_run, load_pruned
+    path = export_pruned(model, tokenizer, selection, "out/model", dtype="bfloat16")
+    small = load_pruned(path)                      # or, without tracenas installed:
+    # AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+
+A checkpoint holds `config.json`, `model.safetensors` (sharded with an index above
+`max_shard_size`), `generation_config.json`, the tokenizer files and a `README.md` model card.
+Per-layer sizes live in `config.tracenas` (lists over the kept blocks; dropped blocks are gone and the
+remaining ones renumbered, so the KV cache has one entry per kept block).
+
+Uniform results (every kept block has the same query heads, KV heads and MLP width) get a plain stock
+config and load with `trust_remote_code=False`. Non-uniform results also carry `modeling_tracenas.py`
+(from `tracenas/models/remote/`, imports nothing from tracenas) and an `auto_map` pointing at it.
+
+Writes are atomic: everything goes to a temporary directory next to the target, which replaces the
+target only once complete. A failed export leaves neither a half-written target nor temporary files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tracenas.arch import Genome, SearchSpace, format_count
+from tracenas.errors import RunDirError, TracenasError, UnsupportedModelError
+from tracenas.masking import LayerSelection, selection_from_list, slice_model
+from tracenas.models.adapter import ModelAdapter, get_adapter
+from tracenas.models.remote import modeling_tracenas as remote
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+REMOTE_FILE = "modeling_tracenas.py"
+DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3  # bytes, as transformers does
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+STOCK_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+def to_torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower().replace("torch.", "")]
+    except KeyError:
+        raise TracenasError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16") from None
+
+
+def numel(model: nn.Module) -> int:
+    """Parameter count with tied weights counted once (what `parameters()` yields)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- validation --------------------------------------------------------------------------------------------
+def check_selection(adapter: ModelAdapter, selection: list[LayerSelection]) -> None:
+    """Raise a one-line `TracenasError` when `selection` cannot describe a pruning of this model."""
+    s = adapter.shape()
+    if len(selection) != s.num_layers:
+        raise TracenasError(f"the selection has {len(selection)} layers but the model has {s.num_layers}")
+    if not any(sel.keep for sel in selection):
+        raise TracenasError("the selection drops every block")
+    for i, sel in enumerate(selection):
+        if not sel.keep:
+            continue
+        where = f"layer {i}"
+        _check_indices(sel.heads, s.num_heads, f"{where}: query heads")
+        _check_indices(sel.kv_heads, s.num_kv_heads, f"{where}: KV heads")
+        _check_indices(sel.channels, s.intermediate_size, f"{where}: MLP channels")
+        if s.is_gqa:
+            if tuple(sel.kv_heads) != tuple(range(s.num_kv_heads)):
+                raise TracenasError(f"{where}: GQA models keep all {s.num_kv_heads} KV heads, got {list(sel.kv_heads)}")
+            per_group = [0] * s.num_kv_heads
+            for h in sel.heads:
+                per_group[h // s.group_size] += 1
+            if len(set(per_group)) != 1:
+                raise TracenasError(f"{where}: every KV group must keep the same number of query heads, "
+                                    f"got {per_group}")
+        elif tuple(sorted(sel.kv_heads)) != tuple(sorted(sel.heads)):
+            raise TracenasError(f"{where}: with multi-head attention the kept KV heads must equal the query heads")
+
+
+def _check_indices(idx: tuple[int, ...], n: int, what: str) -> None:
+    if not idx:
+        raise TracenasError(f"{what}: none kept")
+    if len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= n:
+        raise TracenasError(f"{what}: indices must be distinct and in [0, {n}), got {list(idx)[:8]}...")
+
+
+def check_genome(space: SearchSpace, genome: Genome, selection: list[LayerSelection]) -> None:
+    """The stored selection must realize the stored genome on this model."""
+    space.validate(genome)
+    for la, sel in zip(space.layer_arch(genome), selection):
+        if la.keep != sel.keep:
+            raise TracenasError(f"layer {la.index}: the genome {'keeps' if la.keep else 'drops'} the block "
+                                f"but the selection does not")
+        if la.keep and (la.num_heads, la.num_kv_heads, la.mlp_width) != (
+                len(sel.heads), len(sel.kv_heads), len(sel.channels)):
+            raise TracenasError(
+                f"layer {la.index}: the genome means {la.num_heads} heads / {la.num_kv_heads} KV heads / "
+                f"{la.mlp_width} channels but the selection keeps {len(sel.heads)} / {len(sel.kv_heads)} / "
+                f"{len(sel.channels)}")
+
+
+# --- writing -----------------------------------------------------------------------------------------------
+def _is_uniform(fields: dict) -> bool:
+    names = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+    return all(len(set(fields[n])) == 1 for n in names)
+
+
+def _prepare_config(model: nn.Module, torch_dtype: torch.dtype, head_dim: int) -> bool:
+    """Make `model.config` describe the sliced model; return whether it is uniform (stock-loadable)."""
+    cfg = model.config
+    fields = dict(cfg.tracenas)
+    uniform = _is_uniform(fields)
+    family = cfg.model_type
+    if family not in remote.CLASSES:
+        raise UnsupportedModelError(f"cannot export model type {family!r}; supported: {', '.join(remote.CLASSES)}")
+    cfg.head_dim = head_dim  # pruned head counts must never change the head size
+    if getattr(cfg, "quantization_config", None) is not None:
+        try:
+            del cfg.quantization_config
+        except AttributeError:
+            cfg.quantization_config = None
+    if uniform:
+        cfg.num_attention_heads = fields["num_attention_heads"][0]
+        cfg.num_key_value_heads = fields["num_key_value_heads"][0]
+        cfg.intermediate_size = fields["intermediate_size"][0]
+        cfg.architectures = [STOCK_CLASSES[family]]
+        if hasattr(cfg, "auto_map"):
+            del cfg.auto_map
+    else:
+        name = remote.CLASSES[family].__name__
+        cfg.architectures = [name]
+        cfg.auto_map = {"AutoModelForCausalLM": f"modeling_tracenas.{name}"}
+    fields.update(format_version=FORMAT_VERSION, uniform=uniform)
+    cfg.tracenas = fields
+    cfg.dtype = torch_dtype
+    cfg.use_cache = True
+    return uniform
+
+
+def _save_weights(model: nn.Module, directory: Path, max_shard_size: int) -> None:
+    """safetensors only; a tensor shared by several names (tied embeddings) is stored once."""
+    import safetensors.torch
+
+    seen: dict[tuple, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape))
+        if t.numel() and key in seen:
+            log.debug("%s is tied to %s; stored once", name, seen[key])
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        safetensors.torch.save_file(shards[0], str(directory / WEIGHTS_NAME), metadata=meta)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        safetensors.torch.save_file(shard, str(directory / fname), metadata=meta)
+        weight_map.update({k: fname for k in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (directory / WEIGHTS_INDEX_NAME).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,} ({format_count(value)})"
+    return str(value)
+
+
+def model_card(config, params: int, base_params: int, card: dict | None) -> str:
+    """README.md: what was kept, how big it is, how it was found, and how to load it."""
+    t = config.tracenas
+    card = dict(card or {})
+    source = card.pop("source_model", None)
+    kept = len(t["source_layers"])
+    dtype = str(config.dtype).replace("torch.", "")
+    lines = ["---", "library_name: transformers", "tags:", "- tracenas", "- pruned", "---", "",
+             f"# Pruned {config.model_type} ({format_count(params)} parameters)", ""]
+    if source:
+        lines += [(f"Structured pruning of `{source}` found by tracenas (training-free architecture search "
+                   "scored by gradient-trace alignment). Not fine-tuned after pruning unless stated below."), ""]
+    lines += [
+        "| | base | pruned |", "|---|---:|---:|",
+        f"| parameters (tied weights counted once) | {base_params:,} | {params:,} |",
+        f"| fraction of base | 1 | {params / base_params:.4f} |",
+        f"| decoder blocks | {t['base_num_hidden_layers']} | {kept} |", "",
+        f"Parameters after pruning: {params}", "",
+        f"Parameters before pruning: {base_params}", "",
+    ]
+    if card:
+        lines += ["## How it was found", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in card.items() if v is not None]
+        lines += [""]
+    lines += ["## Architecture", "",
+              ("Dropped blocks are removed and the kept ones renumbered (`block`); `source` is the block's "
+               "index in the base model."), "",
+              "| block | source | q heads | kv heads | MLP width |", "|---:|---:|---:|---:|---:|"]
+    for i, (src, h, kv, w) in enumerate(zip(t["source_layers"], t["num_attention_heads"],
+                                            t["num_key_value_heads"], t["intermediate_size"])):
+        lines.append(f"| {i} | {src} | {h} | {kv} | {w} |")
+    lines += ["", f"Head size {config.head_dim}, hidden size {config.hidden_size}, dtype {dtype}.", "",
+              "## Loading", "", "With tracenas:", "", "```python", "from tracenas.export import load_pruned",
+              'model = load_pruned("path/to/this/dir")', "```", "",
+              "With transformers only (tracenas not needed):", "", "```python",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              'tokenizer = AutoTokenizer.from_pretrained("path/to/this/dir")']
+    if t["uniform"]:
+        lines += ['model = AutoModelForCausalLM.from_pretrained("path/to/this/dir")', "```", "",
+                  "Every block has the same size, so this is a stock checkpoint: no remote code is needed."]
+    else:
+        lines += ['model = AutoModelForCausalLM.from_pretrained("path/to/this/dir", trust_remote_code=True)',
+                  "```", "",
+                  (f"Blocks differ in size, so the checkpoint ships `{REMOTE_FILE}` (it imports only torch and "
+                   "transformers; `auto_map` in `config.json` points at it). It builds the stock model and "
+                   "resizes each block from the per-layer lists in `config.tracenas`; the forward pass, the KV "
+                   "cache and `generate()` are stock. Use the default dynamic cache: a static cache assumes one "
+                   "KV head count for all blocks.")]
+    return "\n".join(lines) + "\n"
+
+
+def _check_writable(target: Path) -> Path:
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TracenasError(f"cannot create {parent}: {err.strerror or err}") from err
+    if not parent.is_dir():
+        raise TracenasError(f"cannot write to {parent}: not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TracenasError(f"no write access to {parent}")
+    if target.exists() and not target.is_dir():
+        raise TracenasError(f"{target} exists and is not a directory")
+    return parent
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Move the finished `tmp` into place; an existing target is swapped out only now."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / "x")
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "x", target)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(model: nn.Module, tokenizer, target: Path, torch_dtype: torch.dtype, card: dict | None,
+           base_params: int | None, max_shard_size: int) -> Path:
+    """Write `model` (owned: its dtype and config are changed) to `target` via a temporary directory."""
+    import copy
+
+    parent = _check_writable(target)
+    head_dim = get_adapter(model).attention(get_adapter(model).layers()[0]).head_dim
+    model.to(torch_dtype)
+    uniform = _prepare_config(model, torch_dtype, head_dim)
+    params = numel(model)
+    base = base_params or model.config.tracenas.get("base_params") or params
+    model.config.tracenas.update(params=params, base_params=base)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.tmp-"))
+    except OSError as err:
+        raise TracenasError(f"cannot write to {parent}: {err.strerror or err}") from err
+    try:
+        _save_weights(model, tmp, max_shard_size)
+        model.config.to_json_file(str(tmp / "config.json"), use_diff=False)
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            gen = copy.deepcopy(gen)
+            if gen.pad_token_id is None and tokenizer is not None and tokenizer.pad_token_id is not None:
+                gen.pad_token_id = tokenizer.pad_token_id
+            gen.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if not uniform:
+            shutil.copyfile(remote.__file__, tmp / REMOTE_FILE)
+        (tmp / "README.md").write_text(model_card(model.config, params, base, card))
+        _install(tmp, target)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise TracenasError(f"export to {target} failed: {err.strerror or err}") from err
+        raise
+    log.info("exported %s parameters (%.1f%% of base) to %s%s", format_count(params), 100 * params / base,
+             target, "" if uniform else " (non-uniform: ships modeling_tracenas.py)")
+    return target
+
+
+def save_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
+                card: dict | None = None, base_params: int | None = None,
+                max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> Path:
+    """Write an already sliced model (one with `config.tracenas`: from `slice_model` or `load_pruned`,
+    possibly fine-tuned since) as a checkpoint at `out_dir`, atomically. `model` is not modified."""
+    import copy
+
+    if not getattr(model.config, "tracenas", None):
+        raise TracenasError("save_pruned needs a sliced model (config.tracenas missing); use export_pruned")
+    torch_dtype = to_torch_dtype(dtype)
+    target = Path(out_dir).expanduser().absolute()
+    _check_writable(target)
+    return _write(copy.deepcopy(model), tokenizer, target, torch_dtype, card, base_params, max_shard_size)
+
+
+def export_pruned(model: nn.Module, tokenizer, selection: list[LayerSelection], out_dir: str | os.PathLike, *,
+                  dtype: str | torch.dtype = "float32", card: dict | None = None,
+                  max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> Path:
+    """Slice `model` to `selection` and write the checkpoint to `out_dir` (atomically). Returns the path.
+
+    `model` is not modified. `card` entries (e.g. score, proxy, budget, source_model) go to README.md.
+    """
+    adapter = get_adapter(model)
+    check_selection(adapter, selection)
+    torch_dtype = to_torch_dtype(dtype)
+    target = Path(out_dir).expanduser().absolute()
+    _check_writable(target)
+    small = slice_model(model, adapter, selection).eval()
+    return _write(small, tokenizer, target, torch_dtype, card, numel(model), max_shard_size)
+
+
+# --- run directories ---------------------------------------------------------------------------------------
+def read_arch(path: str | os.PathLike) -> dict:
+    """`arch.json` as a dict, with one-line errors for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"no {path.name} in {path.parent} (run `tracenas search` first, or pass --arch)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{path} is corrupt: {err}") from err
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} is corrupt: expected a JSON object")
+    missing = [k for k in ("genome", "selection") if k not in data]
+    if missing:
+        raise RunDirError(f"{path} lacks {', '.join(missing)} (written by an incomplete or older search?)")
+    return data
+
+
+def source_spec(arch: dict) -> str | None:
+    """The base model to load for an arch.json: its recorded path where it still exists, else its spec."""
+    m = arch.get("model") or {}
+    path, gguf = m.get("path"), m.get("gguf_file")
+    if path and gguf and (Path(path) / gguf).is_file():
+        return str(Path(path) / gguf)
+    if path and (Path(path) / "config.json").is_file():
+        return str(path)
+    return m.get("spec") or path
+
+
+def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
+               out: str | os.PathLike | None = None, dtype: str = "float32") -> Path:
+    """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`)."""
+    from tracenas.models.loading import load_model
+
+    run_dir = Path(run_dir)
+    if arch_path is None and not run_dir.is_dir():
+        raise RunDirError(f"no such run directory: {run_dir}")
+    arch = read_arch(arch_path or run_dir / "arch.json")
+    try:
+        genome = Genome.from_dict(arch["genome"])
+        selection = selection_from_list(arch["selection"])
+    except (KeyError, TypeError, ValueError, TracenasError) as err:
+        raise RunDirError(f"arch.json is corrupt: malformed genome or selection ({err})") from err
+    to_torch_dtype(dtype)
+    target = Path(out) if out is not None else run_dir / "model"
+    _check_writable(target.expanduser().absolute())
+    spec = model_spec or source_spec(arch)
+    log.info("loading base model %s", spec or "(default)")
+    model, tokenizer, source = load_model(spec, dtype=torch.float32, device="cpu")
+    adapter = get_adapter(model)
+    space = SearchSpace(adapter.shape(), min_layers=1)
+    try:
+        if genome.num_layers != space.shape.num_layers:
+            raise TracenasError(f"the genome has {genome.num_layers} layers but {source.spec} has "
+                                f"{space.shape.num_layers}")
+        check_selection(adapter, selection)
+        check_genome(space, genome, selection)
+    except TracenasError as err:
+        raise TracenasError(f"arch.json does not match model {source.spec}: {err}") from err
+    base = arch.get("base_params")
+    if base is not None and int(base) != space.base_params():
+        raise TracenasError(f"arch.json was searched on a model with {int(base):,} parameters but {source.spec} "
+                            f"has {space.base_params():,}; pass the same --model as the search")
+    card = {"source_model": source.spec, "score": arch.get("score"), "proxy": arch.get("proxy"),
+            "budget": arch.get("budget"), "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
+            "run directory": str(run_dir.absolute())}
+    return export_pruned(model, tokenizer, selection, target, dtype=dtype, card=card)
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+def load_pruned(path: str | os.PathLike, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
+                *, attn_implementation: str | None = None) -> nn.Module:
+    """Load an exported checkpoint (uniform or not) in eval mode; `dtype=None` keeps the stored dtype."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise TracenasError(f"{path} is not an exported model directory (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise TracenasError(f"cannot read {path / 'config.json'}: {str(err).splitlines()[0]}") from err
+    cls = remote.CLASSES.get(config.model_type)
+    if cls is None:
+        raise UnsupportedModelError(f"model type {config.model_type!r} is not supported; "
+                                    f"supported: {', '.join(remote.CLASSES)}")
+    kwargs: dict[str, Any] = {"dtype": to_torch_dtype(dtype) if dtype is not None else "auto"}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = cls.from_pretrained(str(path), config=config, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise TracenasError(f"cannot load {path}: {str(err).splitlines()[0]}") from err
+    return model.to(device).eval()
+
+
+__all__ = ["check_genome", "check_selection", "export_pruned", "export_run", "load_pruned", "model_card",
+           "read_arch", "save_pruned", "source_spec"]

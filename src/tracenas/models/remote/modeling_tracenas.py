@@ -1,0 +1,96 @@
+"""Modeling code for tracenas-pruned checkpoints with per-layer head counts and MLP widths.
+
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained("path/to/pruned", trust_remote_code=True)
+
+This file is copied into every non-uniform checkpoint that tracenas exports, and `config.json`'s
+`auto_map` points at one of the classes below. It is self-contained on purpose (it imports only torch
+and transformers, never tracenas), so the checkpoint loads on a machine without tracenas installed.
+
+How it works: the stock model of the family is built from the config, then every decoder block is
+rebuilt from a copy of the config that carries that block's own sizes, read from
+`config.tracenas["num_attention_heads" | "num_key_value_heads" | "intermediate_size"][i]`.
+The stock attention infers its head count from the `q_proj` output size and uses
+`num_key_value_groups` for GQA, so no forward code is overridden: the weights, the KV cache and
+`generate()` are all stock. Dropped blocks are simply absent (block indices are already renumbered).
+Only public transformers classes are used; checked with transformers 5.17 and 5.23.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import (
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Qwen2ForCausalLM,
+)
+
+PER_LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+def layer_config(config, index: int):
+    """A copy of `config` with block `index`'s own head counts and MLP width."""
+    fields = getattr(config, "tracenas", None) or {}
+    cfg = copy.deepcopy(config)
+    if not hasattr(cfg, "head_dim") or cfg.head_dim is None:
+        cfg.head_dim = config.hidden_size // config.num_attention_heads
+    for name in PER_LAYER_FIELDS:
+        values = fields.get(name)
+        if values is not None:
+            setattr(cfg, name, int(values[index]))
+    return cfg
+
+
+def check_per_layer_fields(config) -> None:
+    fields = getattr(config, "tracenas", None) or {}
+    n = config.num_hidden_layers
+    for name in PER_LAYER_FIELDS:
+        values = fields.get(name)
+        if values is not None and len(values) != n:
+            raise ValueError(
+                f"config.tracenas[{name!r}] has {len(values)} entries but num_hidden_layers is {n}")
+    heads, kv = fields.get("num_attention_heads"), fields.get("num_key_value_heads")
+    if heads is not None and kv is not None:
+        for i, (h, k) in enumerate(zip(heads, kv)):
+            if k < 1 or h % k:
+                raise ValueError(f"layer {i}: {h} query heads are not a multiple of {k} KV heads")
+
+
+def resize_blocks(model) -> None:
+    """Rebuild every decoder block whose sizes differ from the config's uniform ones."""
+    config = model.config
+    if not getattr(config, "tracenas", None):
+        return
+    check_per_layer_fields(config)
+    layers = model.model.layers
+    for i in range(len(layers)):
+        cfg = layer_config(config, i)
+        if all(getattr(cfg, n) == getattr(config, n) for n in PER_LAYER_FIELDS):
+            continue
+        layers[i] = type(layers[i])(cfg, i)
+
+
+class TracenasLlamaForCausalLM(LlamaForCausalLM):
+    def __init__(self, config):
+        super().__init__(config)
+        resize_blocks(self)
+
+
+class TracenasQwen2ForCausalLM(Qwen2ForCausalLM):
+    def __init__(self, config):
+        super().__init__(config)
+        resize_blocks(self)
+
+
+class TracenasMistralForCausalLM(MistralForCausalLM):
+    def __init__(self, config):
+        super().__init__(config)
+        resize_blocks(self)
+
+
+CLASSES = {
+    "llama": TracenasLlamaForCausalLM,
+    "qwen2": TracenasQwen2ForCausalLM,
+    "mistral": TracenasMistralForCausalLM,
+}

@@ -1,0 +1,1 @@
+"""Search strategies over genomes. `evolution` is pure Python + numpy (no torch, no transformers)."""

@@ -1,0 +1,67 @@
+"""`SearchConfig`: every knob of `tracenas search`, with the `paper` and `quick` presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from tracenas.config import opt
+from tracenas.errors import TracenasError
+from tracenas.proxy import PROXIES
+
+PRESETS: dict[str, dict] = {
+    # Paper Table 5 / Sec. 4.1: 16 x 4096 calibration tokens, population 30, 10 elites, 50 iterations.
+    "paper": dict(num_sequences=16, seq_len=4096, population=30, elites=10, iterations=50, rank=64,
+                  micro_batch=4),
+    # CPU-sized: the default model finishes in well under 10 minutes on 2 cores.
+    "quick": dict(num_sequences=4, seq_len=256, population=8, elites=3, iterations=6, rank=64, micro_batch=4),
+}
+PRESET_KEYS = tuple(PRESETS["paper"])
+
+
+@dataclass
+class SearchConfig:
+    model: str | None = opt(None, "HF model id, local model directory or .gguf file; empty = embedded SmolLM2-135M")
+    data: str | None = opt(None, "calibration text: empty = embedded Wikipedia; .txt/.jsonl/.parquet path or HF id")
+    out: str = opt("runs/search", "run directory (created); holds arch.json, history.jsonl, search/state.json")
+    budget: str = opt("0.6", "parameter budget: a count (81M, 2.7B) or a fraction of the base model (0.6)")
+    preset: str = opt("quick", "settings bundle; explicit flags override it", choices=tuple(PRESETS))
+    proxy: str = opt("phi", "candidate score: " + ", ".join(PROXIES), choices=PROXIES)
+    num_sequences: int | None = opt(None, "calibration sequences (paper: 16)")
+    seq_len: int | None = opt(None, "tokens per calibration sequence (paper: 4096)")
+    rank: int | None = opt(None, "LoRA probe rank r of the gradient traces (paper: 64)")
+    population: int | None = opt(None, "candidates per generation (paper: 30)")
+    elites: int | None = opt(None, "elites carried to the next generation (paper: 10)")
+    iterations: int | None = opt(None, "generations, the initial one included (paper: 50)")
+    micro_batch: int | None = opt(None, "sequences per forward/backward pass (memory vs speed)")
+    crossover: float = opt(0.7, "probability that a child is a crossover of two elites")
+    mutation_depth: float = opt(0.2, "probability per child of flipping one block's keep bit")
+    mutation_width: float = opt(0.2, "probability per ratio of a multiplicative Gaussian jitter")
+    jitter_sigma: float = opt(0.25, "std of the log-normal width jitter")
+    min_layers: int | None = opt(None, "minimum kept blocks L_min (default: half of the base model's blocks)")
+    budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
+    include_embeddings: bool = opt(True, "count embeddings/lm_head in the budget (the paper does)")
+    loss_chunk: int = opt(1024, "positions per lm_head chunk: the full logits tensor is never materialized")
+    seed: int = opt(0, "seed for the calibration split, LoRA probes and the evolution")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
+    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
+                     choices=("auto", "float32", "bfloat16", "float16"))
+    resume: bool = opt(False, "continue the search saved in --out (same config required)")
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise TracenasError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if self.proxy not in PROXIES:
+            raise TracenasError(f"unknown proxy {self.proxy!r}; choose from {', '.join(PROXIES)}")
+        for name in ("num_sequences", "seq_len", "rank", "population", "elites", "iterations", "micro_batch",
+                     "loss_chunk"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise TracenasError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.seq_len is not None and self.seq_len < 2:
+            raise TracenasError("--seq-len must be at least 2")
+
+    def resolved(self) -> "SearchConfig":
+        """A copy with every preset-controlled field filled in."""
+        values = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **values)

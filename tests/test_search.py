@@ -1,0 +1,101 @@
+import json
+import shutil
+
+import pytest
+
+from tracenas.cli import main
+from tracenas.search.config import SearchConfig
+from tracenas.search.runner import run_search
+
+TINY = dict(preset="quick", num_sequences=2, seq_len=32, rank=4, population=5, elites=2, iterations=3,
+            budget="0.7", budget_tolerance=0.1, min_layers=2, micro_batch=2)
+
+
+def _read(out):
+    return (out / "arch.json").read_text(), (out / "history.jsonl").read_text()
+
+
+def test_search_writes_run_dir_and_meets_budget(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    res = run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), **TINY), progress=False)
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["params"] <= res.budget
+    assert arch["params"] >= res.budget * 0.9
+    assert len(arch["selection"]) == len(arch["genome"]["keep"])
+    hist = (out / "history.jsonl").read_text().splitlines()
+    assert len(hist) == res.candidates_scored >= 5
+    for name in ("search.yaml", "search.log", "search/state.json", "search/progress.png", "search/arch.png",
+                 "search/summary.json"):
+        assert (out / name).exists(), name
+    assert arch["score"] == max(json.loads(h)["score"] for h in hist)
+
+
+def test_same_seed_same_result_and_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(full), **TINY), progress=False)
+    again = tmp_path / "again"
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(again), **TINY), progress=False)
+    assert _read(full) == _read(again)
+
+    # kill the search after generation 1 by raising from the per-generation hook
+    from tracenas.search import evolution
+
+    killed = tmp_path / "killed"
+    original_step = evolution.Evolution.step
+
+    def step_then_die(self):
+        original_step(self)
+        if self.state.generation == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(evolution.Evolution, "step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), **TINY), progress=False)
+    monkeypatch.setattr(evolution.Evolution, "step", original_step)
+    assert json.loads((killed / "search/state.json").read_text())["generation"] == 1
+    # a stray half-written history line from the crash must not survive the resume
+    with open(killed / "history.jsonl", "a") as fh:
+        fh.write('{"index": 999}\n')
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), resume=True, **TINY), progress=False)
+    assert _read(killed) == _read(full)
+
+
+def test_cli_search_errors(tiny_model_dir, tmp_path, capsys):
+    base = ["search", "--model", str(tiny_model_dir), "--num-sequences", "2", "--seq-len", "32", "--rank", "4",
+            "--population", "4", "--elites", "2", "--iterations", "1", "--min-layers", "2"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--budget", "10"]) == 2
+    assert "outside what this search space can reach" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b"), "--budget", "abc"]) == 2
+    assert "cannot parse budget" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "c"), "--num-sequences", "100000"]) == 2
+    assert "tokens" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "d"), "--resume"]) == 2
+    assert "no saved search" in capsys.readouterr().err
+    assert main(["search", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 2
+    assert "no such model" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "f"), "--min-layers", "99"]) == 2
+    assert "--min-layers" in capsys.readouterr().err
+
+
+def test_unsupported_family_is_one_line(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
+    capsys.readouterr()
+    assert main(["search", "--model", str(tmp_path / "gpt2"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not supported" in err and "llama" in err and "qwen2" in err and "mistral" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_resume_refuses_changed_config(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), **{**TINY, "iterations": 1}), progress=False)
+    args = ["search", "--model", str(tiny_model_dir), "--out", str(out), "--resume", "--seed", "5"]
+    for k, v in {**TINY, "iterations": 1}.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    assert main(args) == 2
+    assert "different config" in capsys.readouterr().err
+    assert main(["search", "--model", str(tiny_model_dir), "--out", str(out)]) == 2
+    assert "already holds a search" in capsys.readouterr().err
+    shutil.rmtree(out)
