@@ -99,3 +99,17 @@ def test_resume_refuses_changed_config(tiny_model_dir, tmp_path, capsys):
     assert main(["search", "--model", str(tiny_model_dir), "--out", str(out)]) == 2
     assert "already holds a search" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "random"])
+def test_baseline_strategies(tiny_model_dir, tmp_path, strategy):
+    out = tmp_path / strategy
+    res = run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), strategy=strategy, **TINY), progress=False)
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["strategy"] == strategy and res.budget * 0.9 <= arch["params"] <= res.budget
+    g = arch["genome"]
+    if strategy == "uniform":
+        assert all(g["keep"]) and len(set(g["attn"])) == 1 and len(set(g["mlp"])) == 1
+        assert res.candidates_scored == 1
+    else:
+        assert res.candidates_scored == 5 + 2 * 3  # same candidate budget as the evolution

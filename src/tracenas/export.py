@@ -104,19 +104,28 @@ def _check_indices(idx: tuple[int, ...], n: int, what: str) -> None:
         raise TracenasError(f"{what}: indices must be distinct and in [0, {n}), got {list(idx)[:8]}...")
 
 
+def check_layers(layers: list[dict], selection: list[LayerSelection]) -> None:
+    """The stored selection must realize the per-layer sizes stored next to it (arch.json "layers")."""
+    if len(layers) != len(selection):
+        raise TracenasError(f"'layers' has {len(layers)} entries but 'selection' has {len(selection)}")
+    for i, (la, sel) in enumerate(zip(layers, selection)):
+        try:
+            want = (bool(la["keep"]), int(la["num_heads"]), int(la["num_kv_heads"]), int(la["mlp_width"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise RunDirError(f"arch.json is corrupt: malformed 'layers' entry {i} ({err})") from err
+        if want[0] != sel.keep:
+            raise TracenasError(f"layer {i}: the architecture {'keeps' if want[0] else 'drops'} the block "
+                                "but the selection does not")
+        have = (len(sel.heads), len(sel.kv_heads), len(sel.channels))
+        if want[0] and want[1:] != have:
+            raise TracenasError(f"layer {i}: the architecture has {want[1]} heads / {want[2]} KV heads / "
+                                f"{want[3]} channels but the selection keeps {have[0]} / {have[1]} / {have[2]}")
+
+
 def check_genome(space: SearchSpace, genome: Genome, selection: list[LayerSelection]) -> None:
-    """The stored selection must realize the stored genome on this model."""
+    """The stored selection must realize the stored genome on this model (default grid)."""
     space.validate(genome)
-    for la, sel in zip(space.layer_arch(genome), selection):
-        if la.keep != sel.keep:
-            raise TracenasError(f"layer {la.index}: the genome {'keeps' if la.keep else 'drops'} the block "
-                                f"but the selection does not")
-        if la.keep and (la.num_heads, la.num_kv_heads, la.mlp_width) != (
-                len(sel.heads), len(sel.kv_heads), len(sel.channels)):
-            raise TracenasError(
-                f"layer {la.index}: the genome means {la.num_heads} heads / {la.num_kv_heads} KV heads / "
-                f"{la.mlp_width} channels but the selection keeps {len(sel.heads)} / {len(sel.kv_heads)} / "
-                f"{len(sel.channels)}")
+    check_layers([la.to_dict() for la in space.layer_arch(genome)], selection)
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -375,14 +384,19 @@ def read_arch(path: str | os.PathLike) -> dict:
 
 
 def source_spec(arch: dict) -> str | None:
-    """The base model to load for an arch.json: its recorded path where it still exists, else its spec."""
+    """The base model to load for an arch.json: the embedded default by name, else the recorded path
+    where it still exists, else the spec as the user gave it (a Hub id, or a path relative to the cwd)."""
+    from tracenas.models.loading import DEFAULT_MODEL
+
     m = arch.get("model") or {}
-    path, gguf = m.get("path"), m.get("gguf_file")
+    spec, path, gguf = m.get("spec"), m.get("path"), m.get("gguf_file")
+    if spec == DEFAULT_MODEL:
+        return spec
     if path and gguf and (Path(path) / gguf).is_file():
         return str(Path(path) / gguf)
     if path and (Path(path) / "config.json").is_file():
         return str(path)
-    return m.get("spec") or path
+    return spec or path
 
 
 def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
@@ -404,25 +418,42 @@ def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arc
     _check_writable(target.expanduser().absolute())
     spec = model_spec or source_spec(arch)
     log.info("loading base model %s", spec or "(default)")
-    model, tokenizer, source = load_model(spec, dtype=torch.float32, device="cpu")
+    model, _, source = load_model(spec, dtype=torch.float32, device="cpu", with_tokenizer=False)
     adapter = get_adapter(model)
     space = SearchSpace(adapter.shape(), min_layers=1)
     try:
         if genome.num_layers != space.shape.num_layers:
-            raise TracenasError(f"the genome has {genome.num_layers} layers but {source.spec} has "
+            raise TracenasError(f"the genome has {genome.num_layers} layers but the model has "
                                 f"{space.shape.num_layers}")
         check_selection(adapter, selection)
-        check_genome(space, genome, selection)
+        if isinstance(arch.get("layers"), list):
+            check_layers(arch["layers"], selection)
+        else:
+            check_genome(space, genome, selection)
+    except RunDirError:
+        raise
     except TracenasError as err:
         raise TracenasError(f"arch.json does not match model {source.spec}: {err}") from err
     base = arch.get("base_params")
     if base is not None and int(base) != space.base_params():
         raise TracenasError(f"arch.json was searched on a model with {int(base):,} parameters but {source.spec} "
                             f"has {space.base_params():,}; pass the same --model as the search")
+    tokenizer = _load_tokenizer(source)
     card = {"source_model": source.spec, "score": arch.get("score"), "proxy": arch.get("proxy"),
             "budget": arch.get("budget"), "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
             "run directory": str(run_dir.absolute())}
     return export_pruned(model, tokenizer, selection, target, dtype=dtype, card=card)
+
+
+def _load_tokenizer(source):
+    from tracenas.models.loading import load_tokenizer
+
+    try:
+        return load_tokenizer(source)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        log.warning("no tokenizer found with %s (%s); exporting without tokenizer files", source.spec,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return None
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -452,5 +483,5 @@ def load_pruned(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
     return model.to(device).eval()
 
 
-__all__ = ["check_genome", "check_selection", "export_pruned", "export_run", "load_pruned", "model_card",
+__all__ = ["check_genome", "check_layers", "check_selection", "export_pruned", "export_run", "load_pruned", "model_card",
            "read_arch", "save_pruned", "source_spec"]

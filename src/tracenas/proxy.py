@@ -43,6 +43,23 @@ PROXY_HELP = {
 
 Traces = dict[tuple[int, str], torch.Tensor]
 
+# Forward-only / other proxies registered by name: fn(model, adapter, batches, genome, scorer) -> float,
+# evaluated with the candidate's masks applied (see `register_proxy`).
+CUSTOM_PROXIES: dict[str, Callable] = {}
+
+
+def register_proxy(name: str, fn: Callable, help: str) -> None:  # noqa: A002
+    """Make a proxy selectable by name everywhere (`--proxy NAME`, validate-proxy)."""
+    global PROXIES
+    CUSTOM_PROXIES[name] = fn
+    PROXY_HELP[name] = help
+    if name not in PROXIES:
+        PROXIES = PROXIES + (name,)
+
+
+def available_proxies() -> tuple[str, ...]:
+    return PROXIES
+
 
 class TraceProbes:
     """LoRA-style probes on the seven projections of every block, implemented as forward hooks.
@@ -219,7 +236,7 @@ class Scorer:
     loss_chunk: int = 1024
 
     def __post_init__(self) -> None:
-        if self.proxy not in PROXIES:
+        if self.proxy not in PROXIES and self.proxy not in CUSTOM_PROXIES:
             raise ValueError(f"unknown proxy {self.proxy!r}; choose from {', '.join(PROXIES)}")
         if self.proxy in GRADIENT_PROXIES and self.probes is None:
             raise ValueError(f"proxy {self.proxy!r} needs TraceProbes")
@@ -234,7 +251,10 @@ class Scorer:
         selection = select(self.space, genome, self.importance)
         shape = self.space.shape
         with masked(self.model, self.adapter, selection):
-            if self.proxy == "synflow":
+            if self.proxy in CUSTOM_PROXIES:
+                value, loss = float(CUSTOM_PROXIES[self.proxy](self.model, self.adapter, self.batches, genome, self)), None
+                info = {}
+            elif self.proxy == "synflow":
                 value, loss = synflow(self.model, self.adapter, self.batches[:1], genome), float("nan")
                 info = {}
             else:

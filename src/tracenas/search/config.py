@@ -26,6 +26,8 @@ class SearchConfig:
     out: str = opt("runs/search", "run directory (created); holds arch.json, history.jsonl, search/state.json")
     budget: str = opt("0.6", "parameter budget: a count (81M, 2.7B) or a fraction of the base model (0.6)")
     preset: str = opt("quick", "settings bundle; explicit flags override it", choices=tuple(PRESETS))
+    strategy: str = opt("evolution", "evolution (TraceNAS), uniform (same ratio everywhere) or random (random search, "
+                        "same candidate budget)", choices=("evolution", "uniform", "random"))
     proxy: str = opt("phi", "candidate score: " + ", ".join(PROXIES), choices=PROXIES)
     num_sequences: int | None = opt(None, "calibration sequences (paper: 16)")
     seq_len: int | None = opt(None, "tokens per calibration sequence (paper: 4096)")
@@ -38,6 +40,8 @@ class SearchConfig:
     mutation_depth: float = opt(0.2, "probability per child of flipping one block's keep bit")
     mutation_width: float = opt(0.2, "probability per ratio of a multiplicative Gaussian jitter")
     jitter_sigma: float = opt(0.25, "std of the log-normal width jitter")
+    prior_powers: str = opt("0,0.5,1", "generation-0 anchors: widths proportional to (layer importance)^p for each p")
+    init_depth_flips: int = opt(3, "generation-0 children drop up to this many random blocks")
     min_layers: int | None = opt(None, "minimum kept blocks L_min (default: half of the base model's blocks)")
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
     include_embeddings: bool = opt(True, "count embeddings/lm_head in the budget (the paper does)")
@@ -58,8 +62,20 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise TracenasError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        self.prior_power_list()
+        if self.init_depth_flips < 0:
+            raise TracenasError("--init-depth-flips must be >= 0")
         if self.seq_len is not None and self.seq_len < 2:
             raise TracenasError("--seq-len must be at least 2")
+
+    def prior_power_list(self) -> tuple[float, ...]:
+        try:
+            values = tuple(float(x) for x in str(self.prior_powers).split(",") if x.strip())
+        except ValueError as err:
+            raise TracenasError(f"--prior-powers must be comma-separated numbers, got {self.prior_powers!r}") from err
+        if not values:
+            raise TracenasError("--prior-powers needs at least one value")
+        return values
 
     def resolved(self) -> "SearchConfig":
         """A copy with every preset-controlled field filled in."""

@@ -53,6 +53,8 @@ class EvolutionConfig:
     budget_tolerance: float = 0.02
     max_tries: int = 200
     seed: int = 0
+    prior_powers: tuple[float, ...] = (0.0, 0.5, 1.0)
+    init_depth_flips: int = 3
 
     def __post_init__(self) -> None:
         from tracenas.errors import TracenasError
@@ -186,9 +188,10 @@ class Evolution:
         return best if lo <= self.space.params(best) <= hi else None
 
     # --- initial population --------------------------------------------------------------------
-    def anchor(self) -> Genome:
-        """The importance-prior warm start: widths proportional to per-layer importance, all blocks kept
-        (dropping the least important blocks only when even minimal widths exceed the budget)."""
+    def anchor(self, power: float = 1.0) -> Genome:
+        """An importance-prior warm start: widths proportional to `(I_l / mean I)^power`, all blocks kept
+        (dropping the least important blocks only when even minimal widths exceed the budget).
+        `power=0` is the uniform model; 1 is the raw prior."""
         n = len(self.prior[0]) if self.prior else self._num_layers()
         if self.prior:
             a = np.asarray(self.prior[0], dtype=float)
@@ -197,6 +200,7 @@ class Evolution:
             m = m / m.mean() if m.mean() > 0 else np.ones(n)
         else:
             a = m = np.ones(n)
+        a, m = np.clip(a, 1e-6, None) ** power, np.clip(m, 1e-6, None) ** power
         order = np.argsort(a + m, kind="stable")  # least important first
         keep = [True] * n
         for drop in [None, *order.tolist()]:
@@ -283,11 +287,27 @@ class Evolution:
             out.append(cand)
         return out
 
+    def _init_child(self, parent: Genome) -> Genome:
+        """A generation-0 child: up to `init_depth_flips` blocks dropped, then the usual mutation."""
+        keep = list(parent.keep)
+        flips = int(self.rng.integers(self.cfg.init_depth_flips + 1))
+        for k in self.rng.permutation(len(keep))[:flips].tolist():
+            if sum(keep) > self.space.min_layers:
+                keep[k] = False
+        return self.mutate(Genome(tuple(keep), parent.attn, parent.mlp))
+
     def initial_population(self) -> list[Genome]:
-        anchor = self.anchor()
-        pop, taken = [anchor], {anchor.key()}
+        """Anchors from the importance prior at each of `prior_powers`, then children of them."""
+        pop, taken = [], set()
+        for power in self.cfg.prior_powers:
+            g = self.anchor(power)
+            if g.key() not in taken and len(pop) < self.cfg.population:
+                pop.append(g)
+                taken.add(g.key())
+        anchors = list(pop)
         while len(pop) < self.cfg.population:
-            child = self._fresh(lambda: self.mutate(anchor), taken)
+            parent = anchors[len(pop) % len(anchors)]
+            child = self._fresh(lambda: self._init_child(parent), taken)
             taken.add(child.key())
             pop.append(child)
         return pop

@@ -194,8 +194,13 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
         evo_cfg = EvolutionConfig(population=cfg.population, elites=cfg.elites, iterations=cfg.iterations,
                                   crossover=cfg.crossover, mutation_depth=cfg.mutation_depth,
                                   mutation_width=cfg.mutation_width, jitter_sigma=cfg.jitter_sigma,
-                                  budget_tolerance=cfg.budget_tolerance, seed=cfg.seed)
-        evo = Evolution(evo_cfg, space, budget, scorer.score,
+                                  budget_tolerance=cfg.budget_tolerance, seed=cfg.seed,
+                                  prior_powers=cfg.prior_power_list(), init_depth_flips=cfg.init_depth_flips)
+        from tracenas.search.strategies import strategy_class
+
+        if cfg.strategy == "uniform":
+            evo_cfg = dataclasses.replace(evo_cfg, population=2, elites=1, iterations=1)
+        evo = strategy_class(cfg.strategy)(evo_cfg, space, budget, scorer.score,
                         prior=(importance.attn_prior(), importance.mlp_prior()))
         history = out / HISTORY
         timings = out / "search" / "timings.jsonl"
@@ -209,7 +214,8 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
                 if p.exists():
                     p.unlink()
 
-        total = evo_cfg.population + (evo_cfg.iterations - 1) * (evo_cfg.population - evo_cfg.elites)
+        total = 1 if cfg.strategy == "uniform" else (
+            evo_cfg.population + (evo_cfg.iterations - 1) * (evo_cfg.population - evo_cfg.elites))
         bar = _progress(total, evo.state.history_len, progress)
 
         def on_scored(cand: Candidate, generation: int, info: dict) -> None:
@@ -284,7 +290,7 @@ def _write_arch(out: Path, cfg: SearchConfig, space: SearchSpace, importance: Im
     model_info["shape"] = space.shape.as_dict()
     extra = {"selection": selection_to_list(select(space, best.genome, importance)),
              "budget_tolerance": cfg.budget_tolerance, "include_embeddings": cfg.include_embeddings,
-             "min_layers": space.min_layers}
+             "min_layers": space.min_layers, "strategy": cfg.strategy}
     af = ArchFile(model=model_info, arch=arch, score=_f(best.score), proxy=cfg.proxy, budget=budget, extra=extra)
     atomic_write_text(out / "arch.json", af.to_json() + "\n")
 

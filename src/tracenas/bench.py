@@ -1,0 +1,324 @@
+"""Inference benchmark of a pruned checkpoint against its base model (the paper's Table 8).
+
+    tracenas bench runs/demo                       # runs/demo/model vs the base model in arch.json
+    tracenas bench path/to/pruned --base HuggingFaceTB/SmolLM2-135M --trials 20
+
+    from tracenas.bench import BenchConfig, run_bench
+    result = run_bench("runs/demo", BenchConfig(device="cpu"))
+
+Per model, `trials` greedy `generate()` calls (after `warmup` untimed ones) on the same random-token
+prompt of `prompt_len` tokens (fixed seed), each forced to `gen_len` new tokens (`min_new_tokens ==
+max_new_tokens`, KV cache on). A logits processor timestamps every decoding step, so one call yields:
+- TTFT: time to first token (prefill), from the call to the first step;
+- TPOT: time per output token, (last step - first step) / (gen_len - 1);
+- throughput: batch * gen_len / end-to-end time of the call (tokens/s);
+- peak memory. GPU: `torch.cuda.max_memory_allocated` during the call (weights included). CPU: the
+  process's peak resident set during the call, measured on Linux by resetting the kernel's high-water
+  mark (`/proc/self/clear_refs` <- 5) before the call and reading `VmHWM` after it; reported as the
+  weights' bytes plus the growth above the resident size before the call (None where /proc is absent).
+Medians over the trials are reported, plus prefill / decode / throughput speedups of pruned over base.
+Defaults follow the paper on GPU (prompt 4096, 128 new tokens, 20 trials, bf16) and are CPU-sized on CPU
+(prompt 256, 32 new tokens, 5 trials, float32).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tracenas.config import atomic_write_json, opt
+from tracenas.errors import RunDirError, TracenasError
+
+log = logging.getLogger(__name__)
+
+GPU_DEFAULTS = {"prompt_len": 4096, "gen_len": 128, "trials": 20, "warmup": 3, "dtype": "bfloat16"}
+CPU_DEFAULTS = {"prompt_len": 256, "gen_len": 32, "trials": 5, "warmup": 1, "dtype": "float32"}
+
+
+@dataclass
+class BenchConfig:
+    """Settings of `tracenas bench`; None means the device's default (see the module docstring)."""
+
+    base: str | None = opt(None, "base model to compare with (default: the one recorded in the run's arch.json)")
+    out: str | None = opt(None, "where to write bench.json: a file or a directory (default: the run directory)")
+    prompt_len: int | None = opt(None, "prompt tokens (default 4096 on GPU, 256 on CPU)")
+    gen_len: int | None = opt(None, "new tokens per call, at least 2 (default 128 on GPU, 32 on CPU)")
+    trials: int | None = opt(None, "timed calls per model; medians are reported (default 20 GPU, 5 CPU)")
+    warmup: int | None = opt(None, "untimed calls first (default 3 GPU, 1 CPU)")
+    batch_size: int = opt(1, "prompts per call")
+    device: str = opt("auto", "cuda, cuda:N, cpu or auto (cuda when available)")
+    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bfloat16 on GPU, float32 on CPU)",
+                     choices=["auto", "float32", "bfloat16", "float16"])
+    attn_implementation: str = opt("sdpa", "attention kernel for both models", choices=["sdpa", "eager"])
+    seed: int = opt(0, "seed of the random prompt")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice); fix it for comparable runs")
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "trials"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TracenasError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.gen_len is not None and self.gen_len < 2:
+            raise TracenasError(f"--gen-len must be at least 2 (TPOT needs two tokens), got {self.gen_len}")
+        if self.warmup is not None and self.warmup < 0:
+            raise TracenasError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise TracenasError(f"--threads must be at least 1, got {self.threads}")
+        if self.batch_size < 1:
+            raise TracenasError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    def resolved(self) -> BenchConfig:
+        """A copy with the device and every None replaced by the device's default."""
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise TracenasError(f"--device {device}: CUDA is not available here")
+        defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
+        values = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k))
+                  for k in ("prompt_len", "gen_len", "trials", "warmup")}
+        dtype = defaults["dtype"] if self.dtype == "auto" else self.dtype
+        return replace(self, device=device, dtype=dtype, **values)
+
+
+# --- memory ------------------------------------------------------------------------------------------------
+_PROC_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _proc_kib(field: str) -> int | None:
+    try:
+        m = re.search(rf"^{field}:\s+(\d+) kB", _PROC_STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+class PeakMemory:
+    """Peak memory of a region: CUDA max allocated, or on Linux the RSS high-water mark growth."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.method = "cuda_max_memory_allocated" if self.cuda else "weights+rss_hwm_delta"
+        self.before: int | None = None
+        self.peak_extra: int | None = None
+
+    def __enter__(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+        else:
+            try:
+                _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
+                self.before = _proc_kib("VmRSS")
+            except OSError:
+                self.before = None
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.peak_extra = torch.cuda.max_memory_allocated(self.device) - self.before
+        elif self.before is not None:
+            hwm = _proc_kib("VmHWM")
+            self.peak_extra = None if hwm is None else max(0, hwm - self.before) * 1024
+
+
+# --- timing ------------------------------------------------------------------------------------------------
+def _step_clock(sync):
+    """A logits processor that timestamps every decoding step (after the step's forward pass)."""
+    from transformers import LogitsProcessor
+
+    class StepClock(LogitsProcessor):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            sync()
+            self.times.append(time.perf_counter())
+            return scores
+
+    return StepClock()
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def random_prompt(vocab_size: int, batch_size: int, prompt_len: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch_size, prompt_len), generator=g)
+
+
+@torch.no_grad()
+def measure(model: nn.Module, prompt: torch.Tensor, *, gen_len: int, trials: int, warmup: int) -> dict[str, Any]:
+    """Time `trials` forced-length greedy generations of `prompt` on the model's device."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    device = next(model.parameters()).device
+    prompt = prompt.to(device)
+    mask = torch.ones_like(prompt)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    eos = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+    gen = GenerationConfig(max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False, use_cache=True,
+                           num_beams=1, eos_token_id=eos, pad_token_id=0)
+    ttft, tpot, total, peaks = [], [], [], []
+    method = None
+    for i in range(warmup + trials):
+        clock = _step_clock(sync)
+        mem = PeakMemory(device)
+        with mem:
+            sync()
+            start = time.perf_counter()
+            out = model.generate(input_ids=prompt, attention_mask=mask, generation_config=gen,
+                                 logits_processor=LogitsProcessorList([clock]))
+            sync()
+            end = time.perf_counter()
+        new = out.shape[1] - prompt.shape[1]
+        if new != gen_len or len(clock.times) != gen_len:
+            raise TracenasError(f"generate() produced {new} tokens instead of {gen_len}")
+        if i < warmup:
+            continue
+        ttft.append(clock.times[0] - start)
+        tpot.append((clock.times[-1] - clock.times[0]) / (gen_len - 1))
+        total.append(end - start)
+        peaks.append(mem.peak_extra)
+        method = mem.method
+    weights = _param_bytes(model)
+    extra = None if any(p is None for p in peaks) else statistics.median(peaks)
+    batch = prompt.shape[0]
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "ttft_ms": 1e3 * statistics.median(ttft),
+        "tpot_ms": 1e3 * statistics.median(tpot),
+        "throughput_tok_s": batch * gen_len / statistics.median(total),
+        "total_ms": 1e3 * statistics.median(total),
+        "weights_mb": weights / 2**20,
+        "peak_mem_mb": None if extra is None else (extra if device.type == "cuda" else weights + extra) / 2**20,
+        "peak_extra_mem_mb": None if extra is None else extra / 2**20,
+        "peak_mem_method": method,
+        "trials": {"ttft_ms": [1e3 * t for t in ttft], "tpot_ms": [1e3 * t for t in tpot],
+                   "total_ms": [1e3 * t for t in total]},
+    }
+
+
+# --- run directories ---------------------------------------------------------------------------------------
+def resolve_paths(model_dir: str | Path, base: str | None) -> tuple[Path, str | None, Path]:
+    """`(pruned model dir, base spec or None, default bench.json path)` for a run or model directory."""
+    from tracenas.export import read_arch, source_spec
+
+    path = Path(model_dir)
+    if not path.exists():
+        raise RunDirError(f"no such model or run directory: {path}")
+    if (path / "arch.json").is_file() and not (path / "config.json").is_file():
+        run_dir, model = path, path / "model"
+        if not (model / "config.json").is_file():
+            raise RunDirError(f"{run_dir} has no exported model; run `tracenas export {run_dir}` first")
+    elif (path / "config.json").is_file():
+        model = path
+        run_dir = path.parent if (path.parent / "arch.json").is_file() else None
+    else:
+        raise RunDirError(f"{path} is neither a run directory (arch.json) nor a model directory (config.json)")
+    if base is None and run_dir is not None:
+        base = source_spec(read_arch(run_dir / "arch.json"))
+    return model, base, (run_dir or model) / "bench.json"
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_bench(model_dir: str | Path, cfg: BenchConfig | None = None) -> dict[str, Any]:
+    """Benchmark the pruned checkpoint (and its base, when known); write and return bench.json's content."""
+    cfg = (cfg or BenchConfig()).resolved()
+    model_path, base_spec, default_out = resolve_paths(model_dir, cfg.base)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, model_path, base_spec, default_out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: BenchConfig, model_path: Path, base_spec: str | None, default_out: Path) -> dict[str, Any]:
+    import transformers
+
+    from tracenas.export import load_pruned, to_torch_dtype
+    from tracenas.models.loading import load_model
+
+    device = torch.device(cfg.device)
+    dtype = to_torch_dtype(cfg.dtype)
+    out = Path(cfg.out) if cfg.out else default_out
+    if out.suffix != ".json":
+        out = out / "bench.json"
+    results: dict[str, Any] = {}
+    prompt = None
+    runs = [("base", base_spec)] if base_spec else []
+    runs.append(("pruned", str(model_path)))
+    for name, spec in runs:
+        log.info("benchmarking %s model %s on %s (%s)", name, spec, device, cfg.dtype)
+        if name == "base":
+            model, _, _ = load_model(spec, dtype=dtype, device=device, attn_implementation=cfg.attn_implementation,
+                                     with_tokenizer=False)
+        else:
+            model = load_pruned(spec, dtype=dtype, device=device, attn_implementation=cfg.attn_implementation)
+        if prompt is None:
+            vocab = model.get_input_embeddings().weight.shape[0]
+            prompt = random_prompt(vocab, cfg.batch_size, cfg.prompt_len, cfg.seed)
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit and cfg.prompt_len + cfg.gen_len > limit:
+            log.warning("prompt + generation (%d) exceeds max_position_embeddings (%d) of %s",
+                        cfg.prompt_len + cfg.gen_len, limit, spec)
+        results[name] = {"model": spec, **measure(model, prompt, gen_len=cfg.gen_len, trials=cfg.trials,
+                                                  warmup=cfg.warmup)}
+        del model
+        _free(device)
+    speedup = None
+    if "base" in results:
+        b, p = results["base"], results["pruned"]
+        speedup = {"prefill": b["ttft_ms"] / p["ttft_ms"], "decode": b["tpot_ms"] / p["tpot_ms"],
+                   "throughput": p["throughput_tok_s"] / b["throughput_tok_s"], "params": p["params"] / b["params"]}
+        if b["peak_mem_mb"] and p["peak_mem_mb"]:
+            speedup["memory"] = p["peak_mem_mb"] / b["peak_mem_mb"]
+    report = {
+        "device": _device_name(device),
+        "config": asdict(cfg),
+        "models": results,
+        "speedup": speedup,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(out, report)
+    report["path"] = str(out)
+    log.info("wrote %s", out)
+    return report
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+__all__ = ["BenchConfig", "PeakMemory", "measure", "random_prompt", "resolve_paths", "run_bench"]

@@ -1,0 +1,38 @@
+"""`tracenas eval MODEL --tasks ... --out DIR`: held-out perplexity and downstream accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from tracenas.config import add_arguments, from_args, load_yaml
+
+NAME = "eval"
+HELP = "perplexity on the held-out split and lm-evaluation-harness tasks (local JSONL tasks work offline)"
+
+
+def _config_class():
+    from tracenas.evaluate import EvalConfig
+
+    return EvalConfig
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=argparse.SUPPRESS,
+                        help="model: tracenas-exported or HF directory, .gguf, Hub id (default: the built-in model)")
+    parser.add_argument("--config", metavar="YAML", help="options from a YAML file; flags override it")
+    add_arguments(parser, _config_class(), skip=("model",))
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracenas.evaluate import evaluate, format_results
+
+    if not getattr(args, "verbose", False):
+        for noisy in ("lm_eval", "lm-eval", "datasets", "evaluate"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    cfg = from_args(_config_class(), args, load_yaml(args.config))
+    results = evaluate(cfg)
+    print(format_results(results))
+    if cfg.out:
+        print(f"results: {cfg.out}/results.json")
+    return 0

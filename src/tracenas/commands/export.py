@@ -1,0 +1,50 @@
+"""`tracenas export RUN_DIR`: write the searched architecture as a loadable checkpoint (RUN_DIR/model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracenas.config import add_arguments, from_args, load_yaml, opt, save_config
+
+NAME = "export"
+HELP = "export a search run's architecture (arch.json) as a Hugging Face checkpoint"
+
+
+@dataclass
+class ExportConfig:
+    """Settings of `tracenas export`."""
+
+    run_dir: str = opt("", "run directory written by `tracenas search`", cli=False)
+    arch: str | None = opt(None, "arch.json to export (default: RUN_DIR/arch.json)")
+    model: str | None = opt(None, "base model: Hub id, directory or .gguf (default: the one recorded in arch.json)")
+    out: str | None = opt(None, "output directory (default: RUN_DIR/model); replaced atomically if it exists")
+    dtype: str = opt("float32", "dtype of the saved weights", choices=["float32", "bfloat16", "float16"])
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (holds arch.json)")
+    parser.add_argument("--config", metavar="YAML", help="read options from a YAML file (flags override it)")
+    add_arguments(parser, ExportConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracenas.export import export_run
+
+    cfg = from_args(ExportConfig, args, load_yaml(getattr(args, "config", None)))
+    path = export_run(cfg.run_dir, model_spec=cfg.model, arch_path=cfg.arch, out=cfg.out, dtype=cfg.dtype)
+    save_config(cfg.run_dir, "export", cfg, extra={"output": str(path)})
+    fields = json.loads((path / "config.json").read_text()).get("tracenas", {})
+    params, base = fields.get("params"), fields.get("base_params")
+    print(f"exported {path}")
+    if params and base:
+        print(f"  parameters: {params:,} of {base:,} ({params / base:.1%}), "
+              f"{len(fields['source_layers'])} of {fields['base_num_hidden_layers']} blocks")
+    remote = not fields.get("uniform", True)
+    print(f"  load: tracenas.export.load_pruned({str(path)!r})")
+    print(f"     or AutoModelForCausalLM.from_pretrained({str(path)!r}"
+          f"{', trust_remote_code=True' if remote else ''})")
+    print(f"  config: {Path(cfg.run_dir) / 'export.yaml'}")
+    return 0
