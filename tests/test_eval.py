@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
@@ -16,7 +17,8 @@ from tracenas.errors import TracenasError
 from tracenas.evaluate import EvalConfig, evaluate, format_results, perplexity
 from tracenas.tasks import parse_tasks
 
-lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is the eval extra")
+needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
+                                   reason="needs lm-evaluation-harness: pip install 'tracenas[eval]'")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -72,7 +74,7 @@ def test_perplexity_matches_direct_computation():
 def _manual_accuracy(model, tokenizer, path) -> float:
     """Argmax of the summed log-likelihood of ' choice' after the task prompt, as lm-eval defines acc."""
     right = 0
-    docs = [json.loads(line) for line in open(path)]
+    docs = [json.loads(line) for line in path.read_text().splitlines()]
     for doc in docs:
         context = (doc["context"] + "\n" if doc.get("context") else "") + f"Question: {doc['question']}\nAnswer:"
         ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -87,6 +89,7 @@ def _manual_accuracy(model, tokenizer, path) -> float:
     return right / len(docs)
 
 
+@needs_lm_eval
 def test_local_task_offline_end_to_end(setup, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -122,6 +125,7 @@ def test_perplexity_of_in_memory_model_and_context_clip(setup):
     assert "tasks" not in results and results["model"]["spec"] is None
 
 
+@needs_lm_eval
 def test_remote_task_offline_fails_fast_with_a_clear_message(setup):
     model_dir, corpus, _ = setup
     with pytest.raises(TracenasError, match="not reachable.*local:FILE.jsonl"):
@@ -158,6 +162,7 @@ def test_errors(setup, monkeypatch):
         evaluate(EvalConfig(model=str(model_dir), tasks=f"local:{questions}"), progress=False)
 
 
+@needs_lm_eval
 def test_cli_eval(setup, tmp_path, capsys):
     from tracenas.cli import main
 

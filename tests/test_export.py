@@ -348,6 +348,7 @@ def test_export_cli_on_run_dir(run_dir, capsys):
     assert main(["export", str(run_dir), "--dtype", "bfloat16"]) == 0
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert sorted(p.name for p in run_dir.iterdir()) == ["arch.json", "export.yaml", "model"]
+    assert out.stat().st_mode & 0o755 == 0o755  # not the 0700 of a temporary directory
 
 
 def test_export_run_out_and_model_override(run_dir, tmp_path):

@@ -35,7 +35,7 @@ from tracenas.tasks import TaskSpec, network_available, parse_tasks, set_offline
 log = logging.getLogger(__name__)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"ppl_seq_len": 512, "ppl_max_tokens": 65_536, "tasks": ""},
+    "quick": {"ppl_seq_len": 512, "ppl_max_tokens": 32_768, "tasks": ""},
     "paper": {"ppl_seq_len": 4096, "ppl_max_tokens": 0, "tasks": "paper"},
 }
 _METRICS = ("acc", "acc_norm")
@@ -48,7 +48,7 @@ class EvalConfig:
     model: str | None = opt(None, "model: a tracenas-exported or HF directory, a .gguf file, a Hub id, or nothing "
                                   "for the default model")
     data: str | None = opt(None, "text for perplexity (default: the embedded Wikipedia corpus; its 'eval' split)")
-    preset: str = opt("quick", "quick: 512-token windows over 64k tokens, no tasks; paper: 4096-token windows over "
+    preset: str = opt("quick", "quick: 512-token windows over 32k tokens, no tasks; paper: 4096-token windows over "
                                "the whole split and the paper's task suite", choices=tuple(PRESETS))
     ppl: bool = opt(True, "compute perplexity")
     ppl_seq_len: int | None = opt(None, "perplexity window length in tokens (clipped to the model's context)")

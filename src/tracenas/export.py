@@ -276,6 +276,12 @@ def _check_writable(target: Path) -> Path:
     return parent
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _install(tmp: Path, target: Path) -> None:
     """Move the finished `tmp` into place; an existing target is swapped out only now."""
     old = None
@@ -310,6 +316,7 @@ def _write(model: nn.Module, tokenizer, target: Path, torch_dtype: torch.dtype, 
     except OSError as err:
         raise TracenasError(f"cannot write to {parent}: {err.strerror or err}") from err
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); the export is an ordinary dir
         _save_weights(model, tmp, max_shard_size)
         model.config.to_json_file(str(tmp / "config.json"), use_diff=False)
         gen = getattr(model, "generation_config", None)

@@ -449,8 +449,13 @@ def plot_loss(records: list[dict], path: Path) -> None:
 def _read_log(path: Path, upto: int) -> list[dict]:
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["step"] <= upto]
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
+            record = json.loads(line)
+            if record["step"] <= upto:
+                records.append(record)
+    return records
 
 
 def _checkpoint_dtype(source) -> torch.dtype:

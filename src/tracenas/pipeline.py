@@ -1,0 +1,183 @@
+"""`tracenas run`: search -> export -> recover -> eval (-> bench) in one run directory, resumable as a whole.
+
+    from tracenas.pipeline import RunConfig, run_pipeline
+    run_pipeline(RunConfig(preset="quick", budget="0.6", out="runs/demo"))
+
+Layout of `out/`:
+    run.yaml                    resolved pipeline config
+    arch.json, history.jsonl, search/   the search (see tracenas.search.runner)
+    model/                      exported pruned checkpoint (zero-shot)
+    recover/                    continued pretraining; recover/model/ is the recovered checkpoint
+    eval/{base,pruned,recovered}/results.json
+    bench.json                  speed of the recovered model vs the base
+    report.md                   everything above on one page
+A stage whose outputs are complete is skipped; an interrupted search or recovery is resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracenas.config import atomic_write_json, opt, save_config
+from tracenas.errors import TracenasError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("search", "export", "recover", "eval", "bench")
+
+
+@dataclass
+class RunConfig:
+    out: str = opt("runs/run", "run directory for every stage's outputs and report.md")
+    model: str | None = opt(None, "HF id, local directory or .gguf; empty = embedded SmolLM2-135M")
+    data: str | None = opt(None, "text for calibration, training and evaluation (disjoint splits); empty = embedded "
+                                 "Wikipedia")
+    budget: str = opt("0.6", "parameter budget: count (81M) or fraction (0.6)")
+    preset: str = opt("quick", "quick (CPU) or paper settings for every stage", choices=("quick", "paper"))
+    strategy: str = opt("evolution", "evolution (TraceNAS), uniform, random", choices=("evolution", "uniform", "random"))
+    proxy: str = opt("phi", "search score (see `tracenas search --help`)")
+    stages: str = opt(",".join(STAGES), "comma-separated stages to run, in pipeline order")
+    seed: int = opt(0, "seed of every stage")
+    device: str = opt("auto", "auto, cpu, cuda, ...")
+    # search knobs most worth overriding (the rest: run `tracenas search` directly)
+    population: int | None = opt(None, "search population (preset)")
+    elites: int | None = opt(None, "search elites (preset)")
+    iterations: int | None = opt(None, "search generations (preset)")
+    num_sequences: int | None = opt(None, "calibration sequences (preset)")
+    seq_len: int | None = opt(None, "calibration sequence length (preset)")
+    rank: int | None = opt(None, "LoRA probe rank (preset)")
+    min_layers: int | None = opt(None, "minimum kept blocks (default: half)")
+    # recovery
+    recover_tokens: str | None = opt(None, "recovery token budget, e.g. 200k (preset)")
+    recover_seq_len: int | None = opt(None, "recovery sequence length (preset)")
+    recover_lr: float | None = opt(None, "recovery peak learning rate (preset)")
+    distill: bool = opt(False, "distill from the base model during recovery")
+    # evaluation and speed
+    tasks: str | None = opt(None, "lm-eval tasks for every evaluated model (e.g. 'paper' or local:file.jsonl)")
+    ppl_max_tokens: int | None = opt(None, "cap on perplexity tokens (preset)")
+    eval_base: bool = opt(True, "also evaluate the unpruned base model (for the report)")
+    bench_prompt_len: int | None = opt(None, "bench prompt length (default: CPU/GPU-sized)")
+    bench_gen_len: int | None = opt(None, "bench generated tokens (default: CPU/GPU-sized)")
+    bench_trials: int | None = opt(None, "bench timed trials (default: CPU/GPU-sized)")
+
+    def stage_list(self) -> list[str]:
+        stages = [s.strip() for s in self.stages.split(",") if s.strip()]
+        bad = [s for s in stages if s not in STAGES]
+        if bad:
+            raise TracenasError(f"unknown stage(s) {', '.join(bad)}; choose from {', '.join(STAGES)}")
+        return stages
+
+
+def _search_done(out: Path, iterations_expected: int | None) -> bool:
+    summary, state = out / "search" / "summary.json", out / "search" / "state.json"
+    if not (summary.exists() and state.exists() and (out / "arch.json").exists()):
+        return False
+    if iterations_expected is None:
+        return True
+    return json.loads(state.read_text())["generation"] >= iterations_expected
+
+
+def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
+    """Run every requested stage that is not complete yet; returns the report's data."""
+    from tracenas.search.config import SearchConfig
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = cfg.stage_list()
+    save_config(out, "run", cfg)
+    timings: dict[str, float] = {}
+    search_cfg = SearchConfig(model=cfg.model, data=cfg.data, out=str(out), budget=cfg.budget, preset=cfg.preset,
+                              strategy=cfg.strategy, proxy=cfg.proxy, seed=cfg.seed, device=cfg.device,
+                              population=cfg.population, elites=cfg.elites, iterations=cfg.iterations,
+                              num_sequences=cfg.num_sequences, seq_len=cfg.seq_len, rank=cfg.rank,
+                              min_layers=cfg.min_layers).resolved()
+    iterations = 1 if cfg.strategy == "uniform" else search_cfg.iterations
+
+    if "search" in stages:
+        if _search_done(out, iterations):
+            log.info("search: complete, skipped")
+        else:
+            from tracenas.search.runner import run_search
+
+            t = time.perf_counter()
+            resume = (out / "search" / "state.json").exists()
+            run_search(dataclasses.replace(search_cfg, resume=resume), progress=progress)
+            timings["search"] = time.perf_counter() - t
+
+    model_dir = out / "model"
+    if "export" in stages:
+        if (model_dir / "config.json").exists():
+            log.info("export: complete, skipped")
+        else:
+            from tracenas.export import export_run
+
+            t = time.perf_counter()
+            export_run(out, model_spec=cfg.model)
+            timings["export"] = time.perf_counter() - t
+
+    rec_dir = out / "recover"
+    recovered = rec_dir / "model"
+    if "recover" in stages:
+        if (rec_dir / "recover.json").exists() and json.loads((rec_dir / "recover.json").read_text()).get("completed"):
+            log.info("recover: complete, skipped")
+        else:
+            from tracenas.recover import RecoverConfig, recover
+
+            if not (model_dir / "config.json").exists():
+                raise TracenasError(f"recover needs the exported model in {model_dir}; run the export stage")
+            t = time.perf_counter()
+            rc = RecoverConfig(model=str(model_dir), data=cfg.data, preset=cfg.preset, tokens=cfg.recover_tokens,
+                               seq_len=cfg.recover_seq_len, lr=cfg.recover_lr, seed=cfg.seed, out=str(rec_dir),
+                               distill=cfg.distill, teacher=cfg.model if cfg.distill else None,
+                               resume=(rec_dir / "checkpoints").exists())
+            recover(rc, progress=progress)
+            timings["recover"] = time.perf_counter() - t
+
+    if "eval" in stages:
+        from tracenas.evaluate import EvalConfig, evaluate
+
+        targets = [("pruned", str(model_dir)), ("recovered", str(recovered))]
+        if cfg.eval_base:
+            targets.insert(0, ("base", cfg.model))
+        for name, spec in targets:
+            res_dir = out / "eval" / name
+            if (res_dir / "results.json").exists():
+                log.info("eval %s: complete, skipped", name)
+                continue
+            if name != "base" and not (Path(spec) / "config.json").exists():
+                log.warning("eval %s: no model at %s, skipped", name, spec)
+                continue
+            t = time.perf_counter()
+            evaluate(EvalConfig(model=spec, data=cfg.data, preset=cfg.preset, tasks=cfg.tasks,
+                                ppl_max_tokens=cfg.ppl_max_tokens, device=cfg.device, seed=cfg.seed,
+                                out=str(res_dir)), progress=progress)
+            timings[f"eval_{name}"] = time.perf_counter() - t
+
+    if "bench" in stages:
+        if (out / "bench.json").exists():
+            log.info("bench: complete, skipped")
+        else:
+            from tracenas.bench import BenchConfig, run_bench
+            from tracenas.models.loading import DEFAULT_MODEL
+
+            target = recovered if (recovered / "config.json").exists() else model_dir
+            if (target / "config.json").exists():
+                t = time.perf_counter()
+                run_bench(target, BenchConfig(base=cfg.model or DEFAULT_MODEL, out=str(out / "bench.json"),
+                                              prompt_len=cfg.bench_prompt_len, gen_len=cfg.bench_gen_len,
+                                              trials=cfg.bench_trials, device=cfg.device, seed=cfg.seed))
+                timings["bench"] = time.perf_counter() - t
+
+    prev = {}
+    if (out / "run_timings.json").exists():
+        prev = json.loads((out / "run_timings.json").read_text())
+    prev.update({k: round(v, 2) for k, v in timings.items()})
+    atomic_write_json(out / "run_timings.json", prev)
+    from tracenas.report import write_report
+
+    return write_report(out)

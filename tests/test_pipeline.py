@@ -1,0 +1,36 @@
+import json
+
+from tracenas.cli import main
+from tracenas.pipeline import RunConfig, run_pipeline
+
+TINY_RUN = dict(budget="0.7", population=4, elites=2, iterations=2, num_sequences=2, seq_len=32, rank=4,
+                min_layers=2, recover_tokens="2k", recover_seq_len=32, ppl_max_tokens=512, bench_prompt_len=16,
+                bench_gen_len=4, bench_trials=1)
+
+
+def test_run_produces_complete_directory_and_skips_finished_stages(tiny_model_dir, tmp_path, caplog):
+    out = tmp_path / "run"
+    cfg = RunConfig(model=str(tiny_model_dir), out=str(out), **TINY_RUN)
+    run_pipeline(cfg, progress=False)
+    for name in ("run.yaml", "arch.json", "history.jsonl", "search/state.json", "model/config.json",
+                 "model/model.safetensors", "recover/model/config.json", "recover/recover.json",
+                 "eval/base/results.json", "eval/pruned/results.json", "eval/recovered/results.json", "bench.json",
+                 "report.md"):
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    assert "## Architecture" in report and "## Quality" in report and "## Speed" in report
+    ppl = {n: json.loads((out / "eval" / n / "results.json").read_text())["perplexity"]["ppl"]
+           for n in ("base", "pruned", "recovered")}
+    assert all(v > 1 for v in ppl.values())
+    assert ppl["recovered"] < ppl["pruned"]  # recovery helps the zero-shot pruned model
+    stamp = (out / "model" / "model.safetensors").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tracenas"):
+        run_pipeline(cfg, progress=False)
+    assert (out / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert "search: complete, skipped" in caplog.text and "recover: complete, skipped" in caplog.text
+
+
+def test_run_rejects_unknown_stage(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "x"), "--stages", "search,dance"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
