@@ -64,6 +64,15 @@ def make_tiny(kind: str, seed: int = 0, num_layers: int = 4):
     return model.eval()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models are dominated by thread overhead; one thread is faster and steadier on small CI boxes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=TINY_KINDS)
 def tiny_model(request):
     return make_tiny(request.param)

@@ -3,7 +3,7 @@ import json
 from tracenas.cli import main
 from tracenas.pipeline import RunConfig, run_pipeline
 
-TINY_RUN = dict(budget="0.7", population=4, elites=2, iterations=2, num_sequences=2, seq_len=32, rank=4,
+TINY_RUN = dict(budget="0.7", budget_tolerance=0.1, population=4, elites=2, iterations=2, num_sequences=2, seq_len=32, rank=4,
                 min_layers=2, recover_tokens="2k", recover_seq_len=32, ppl_max_tokens=512, bench_prompt_len=16,
                 bench_gen_len=4, bench_trials=1)
 

@@ -52,6 +52,7 @@ class RunConfig:
     seq_len: int | None = opt(None, "calibration sequence length (preset)")
     rank: int | None = opt(None, "LoRA probe rank (preset)")
     min_layers: int | None = opt(None, "minimum kept blocks (default: half)")
+    budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
     # recovery
     recover_tokens: str | None = opt(None, "recovery token budget, e.g. 200k (preset)")
     recover_seq_len: int | None = opt(None, "recovery sequence length (preset)")
@@ -95,7 +96,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               strategy=cfg.strategy, proxy=cfg.proxy, seed=cfg.seed, device=cfg.device,
                               population=cfg.population, elites=cfg.elites, iterations=cfg.iterations,
                               num_sequences=cfg.num_sequences, seq_len=cfg.seq_len, rank=cfg.rank,
-                              min_layers=cfg.min_layers).resolved()
+                              min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance).resolved()
     iterations = 1 if cfg.strategy == "uniform" else search_cfg.iterations
 
     if "search" in stages:

@@ -31,11 +31,12 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,9 +48,17 @@ from tracenas import zero_cost
 from tracenas.arch import Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_json, atomic_write_text, opt, save_config
 from tracenas.errors import RunDirError, TracenasError
-from tracenas.masking import Importance, LayerSelection, compute_importance, head_rows, masked, select, slice_model
+from tracenas.masking import (
+    Importance,
+    LayerSelection,
+    compute_importance,
+    head_rows,
+    masked,
+    select,
+    slice_model,
+)
 from tracenas.models.adapter import ATTN_PROJ, MLP_PROJ, ModelAdapter
-from tracenas.proxy import Traces, TraceProbes, causal_lm_loss, pearson, cosine, synflow, trace_score
+from tracenas.proxy import TraceProbes, Traces, causal_lm_loss, cosine, pearson, synflow, trace_score
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +72,14 @@ FAMILIES = ("width", "depth", "mixed")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU: SmolLM2-135M, ~1-2 min per candidate on 2 cores.
-    "quick": dict(num_sequences=4, seq_len=256, rank=64, micro_batch=1, eval_sequences=16, eval_seq_len=256,
-                  recover_batch=2, recover_seq_len=256, recover_steps="0,10,30", recover_lr=2e-4,
-                  sweep_n="1,2,4,8", sweep_cl="64,128,256", sweep_rank="8,16,32,64"),
+    "quick": {"num_sequences": 4, "seq_len": 256, "rank": 64, "micro_batch": 1, "eval_sequences": 16,
+              "eval_seq_len": 256, "recover_batch": 2, "recover_seq_len": 256, "recover_steps": "0,10,30",
+              "recover_lr": 2e-4, "sweep_n": "1,2,4,8", "sweep_cl": "64,128,256", "sweep_rank": "8,16,32,64"},
     # GPU, paper-like: 16 x 4096 calibration tokens, r = 64; sweep grids of Fig. 3 / Tables 6-7.
-    "paper": dict(num_sequences=16, seq_len=4096, rank=64, micro_batch=4, eval_sequences=64, eval_seq_len=4096,
-                  recover_batch=32, recover_seq_len=4096, recover_steps="0,100,500", recover_lr=1e-4,
-                  sweep_n="4,8,16,64,128,256", sweep_cl="128,256,512,1024,2048,4096",
-                  sweep_rank="2,8,64,256,1024"),
+    "paper": {"num_sequences": 16, "seq_len": 4096, "rank": 64, "micro_batch": 4, "eval_sequences": 64,
+              "eval_seq_len": 4096, "recover_batch": 32, "recover_seq_len": 4096, "recover_steps": "0,100,500",
+              "recover_lr": 1e-4, "sweep_n": "4,8,16,64,128,256", "sweep_cl": "128,256,512,1024,2048,4096",
+              "sweep_rank": "2,8,64,256,1024"},
 }
 # May change between invocations on the same --out; everything else must match the saved validate.yaml.
 _RESUMABLE = ("num_candidates", "seeds", "proxies", "variants", "sweep", "device", "report_only")
@@ -144,7 +153,7 @@ class ValidateConfig:
         if not 0 < self.budget_tolerance < 1:
             raise TracenasError("--budget-tolerance must be in (0, 1)")
 
-    def resolved(self) -> "ValidateConfig":
+    def resolved(self) -> ValidateConfig:
         values = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **values)
         if not _ints(cfg.recover_steps):
@@ -299,7 +308,6 @@ def ground_truth(model: nn.Module, adapter: ModelAdapter, selection: list[LayerS
                                       micro_batch=micro_batch, seed=seed, loss_chunk=loss_chunk, callback=evaluate)
     res["seconds"] = {"total": time.perf_counter() - t0, "eval": eval_seconds,
                       "recover": time.perf_counter() - tr - (eval_seconds - zero_shot_eval)}
-    del small
     return res
 
 
@@ -418,8 +426,7 @@ class Validator:
         off = self.cfg.rank
         for k, r in enumerate(self.ranks[1:], start=1):
             g = torch.Generator().manual_seed(seed * 7919 + 104729 * k)
-            for key in A:  # same scaling as TraceProbes: N(0, 1/in)
-                a = A[key]
+            for key, a in list(A.items()):  # same scaling as TraceProbes: N(0, 1/in)
                 extra = torch.randn(r, a.shape[1], generator=g) / math.sqrt(a.shape[1])
                 A[key] = torch.cat([a, extra.to(a.device, a.dtype)])
             blocks[r] = (off, off + r)
@@ -696,11 +703,11 @@ def rank_correlations(scores, ppl) -> dict[str, float]:
     ok = ~(np.isnan(x) | np.isnan(y))
     x, y = x[ok], y[ok]
     if len(x) < 3 or np.unique(x).size < 2 or np.unique(y).size < 2:
-        return {"spearman": float("nan"), "kendall": float("nan"), "n": int(len(x))}
+        return {"spearman": float("nan"), "kendall": float("nan"), "n": len(x)}
     # ranks first: scipy's correlations reject infinities, a rank does not care
     rx, ry = stats.rankdata(x), stats.rankdata(y)
     return {"spearman": float(stats.spearmanr(rx, ry)[0]), "kendall": float(stats.kendalltau(rx, ry)[0]),
-            "n": int(len(x))}
+            "n": len(x)}
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -711,7 +718,7 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def _score_value(x) -> float:
-    return float(x) if not isinstance(x, str) else float(x)
+    return float(x)  # also "-inf" / "nan", as JSON records store non-finite scores
 
 
 def summarize(cfg: ValidateConfig, candidates: list[tuple[Genome, str]], recs: Records, names: list[str]) -> dict:
@@ -883,8 +890,8 @@ def format_sweep(sweep: dict, final: int) -> str:
     for cat in ("N", "CL", "r"):
         s = sweep[cat]
         lines += [f"### {names[cat]} (reference {s['reference']})", "",
-                  f"| {cat} | KT vs reference | SP vs PPL@{final} | KT vs PPL@{final} | SP vs PPL zero-shot | "
-                  "KT vs PPL zero-shot |", "|---|---|---|---|---|---|"]
+                  (f"| {cat} | KT vs reference | SP vs PPL@{final} | KT vs PPL@{final} | SP vs PPL zero-shot | "
+                   "KT vs PPL zero-shot |"), "|---|---|---|---|---|---|"]
         for v, row in s["rows"].items():
             lines.append(f"| {v} | {_fmt(row['tau_vs_ref'])} | {_fmt(row['spearman_final'])} | "
                          f"{_fmt(row['kendall_final'])} | {_fmt(row['spearman_zero_shot'])} | "

@@ -44,7 +44,7 @@ from tracenas.arch import Genome
 from tracenas.errors import TracenasError
 from tracenas.masking import LayerSelection, SkipLayer, select
 from tracenas.models.adapter import ModelAdapter
-from tracenas.proxy import Traces, TraceProbes, register_proxy
+from tracenas.proxy import TraceProbes, Traces, register_proxy
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ForwardReference:
         return self.hidden.shape[0] * self.hidden.shape[1]
 
 
-_REFERENCES: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, ForwardReference]]" = weakref.WeakKeyDictionary()
+_REFERENCES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, ForwardReference]] = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(batches: torch.Tensor) -> tuple:

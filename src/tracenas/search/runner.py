@@ -33,7 +33,7 @@ from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import Importance, compute_importance, select, selection_to_list
 from tracenas.proxy import GRADIENT_PROXIES, Scorer, TraceProbes
 from tracenas.search.config import SearchConfig
-from tracenas.search.evolution import Candidate, Evolution, EvolutionConfig, EvolutionState
+from tracenas.search.evolution import Candidate, EvolutionConfig, EvolutionState
 
 log = logging.getLogger(__name__)
 
