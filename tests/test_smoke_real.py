@@ -1,0 +1,46 @@
+"""Smoke tests of the real default path: SmolLM2-135M from its GGUF and the embedded Wikipedia data."""
+
+import json
+
+import pytest
+
+from tracenas.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_search_on_default_model(tmp_path):
+    out = tmp_path / "search"
+    rc = main(["search", "--preset", "quick", "--budget", "0.6", "--num-sequences", "2", "--seq-len", "64",
+               "--population", "4", "--elites", "2", "--iterations", "2", "--out", str(out)])
+    assert rc == 0
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["params"] <= arch["budget"] <= 0.6 * arch["base_params"] + 1
+    assert arch["params"] >= arch["budget"] * 0.98
+    assert arch["model"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert len(arch["layers"]) == 30 and arch["num_layers_kept"] >= 15
+    for name in ("search.yaml", "history.jsonl", "search/state.json", "search/progress.png", "search/arch.png"):
+        assert (out / name).exists(), name
+    assert len((out / "history.jsonl").read_text().splitlines()) == 4 + 2
+
+
+def test_quick_run_on_default_model(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["run", "--preset", "quick", "--budget", "0.6", "--out", str(out), "--num-sequences", "1",
+               "--seq-len", "64", "--population", "3", "--elites", "1", "--iterations", "1",
+               "--recover-tokens", "4k", "--recover-seq-len", "64", "--ppl-max-tokens", "2048",
+               "--bench-prompt-len", "16", "--bench-gen-len", "4", "--bench-trials", "1"])
+    assert rc == 0
+    report = (out / "report.md").read_text()
+    assert "## Architecture" in report and "## Quality" in report and "## Speed" in report
+    ppl = {n: json.loads((out / "eval" / n / "results.json").read_text())["perplexity"]["ppl"]
+           for n in ("base", "pruned", "recovered")}
+    assert ppl["base"] < ppl["pruned"]  # pruning 40% of SmolLM2 costs quality zero-shot
+    from tracenas import load_pruned
+    from tracenas.models import load_tokenizer
+
+    model = load_pruned(out / "recover" / "model")
+    tok = load_tokenizer(str(out / "recover" / "model"))
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    text = tok.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0][ids.shape[1]:])
+    assert text.strip()
