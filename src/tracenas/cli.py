@@ -1,4 +1,6 @@
-"""`tracenas VERB ...`: a thin map from verbs to library functions.
+"""tracenas: prune a Hugging Face causal LM to a parameter budget (search, export, recover, eval, bench).
+
+The CLI is a thin map from verbs to library functions:
 
     tracenas search --preset quick --budget 0.6 --out runs/demo
     tracenas export runs/demo

@@ -24,6 +24,7 @@ Run directory (`--out`):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -123,14 +124,17 @@ class ValidateConfig:
     recover_batch: int | None = opt(None, "training sequences per recovery step")
     recover_seq_len: int | None = opt(None, "tokens per training sequence")
     recover_lr: float | None = opt(None, "peak AdamW learning rate of the recovery (linear warmup 10%, linear decay)")
+    recover_dtype: str = opt("float32", "compute of the recovery and of the ground-truth eval: float32, or bfloat16 "
+                                        "autocast (fp32 master weights; ~2x faster on CPUs with AVX512-BF16)",
+                             choices=("float32", "bfloat16"))
     sweep: bool = opt(False, "stability study: Φ at other calibration sizes, context lengths and ranks")
     sweep_n: str | None = opt(None, "calibration sizes N of the sweep (reference: the largest)")
     sweep_cl: str | None = opt(None, "context lengths of the sweep (reference: the largest)")
     sweep_rank: str | None = opt(None, "LoRA ranks of the sweep (reference: the largest)")
     loss_chunk: int = opt(1024, "positions per lm_head chunk (the full logits are never materialized)")
     device: str = opt("auto", "auto, cpu, cuda, ... (under torchrun: cuda:LOCAL_RANK)")
-    dtype: str = opt("auto", "model dtype for the proxies: auto (bf16 on GPU, fp32 on CPU); recovery is fp32",
-                     choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = opt("auto", "dtype of the model copy the proxies run on: auto (bf16 on GPU, fp32 on CPU); the "
+                             "ground truth always slices the fp32 weights", choices=("auto", "float32", "bfloat16", "float16"))
     report_only: bool = opt(False, "only rewrite the reports from the records in --out")
 
     def __post_init__(self) -> None:
@@ -226,12 +230,13 @@ def sample_candidates(space: SearchSpace, budget: int, n: int, seed: int = 0, to
 
 def short_recover(model: nn.Module, train_tokens: torch.Tensor, steps: int, lr: float, *, batch_size: int | None = None,
                   micro_batch: int = 1, seed: int = 0, warmup_frac: float = 0.1, weight_decay: float = 0.0,
-                  max_grad_norm: float = 1.0, loss_chunk: int = 1024,
+                  max_grad_norm: float = 1.0, loss_chunk: int = 1024, autocast: torch.dtype | None = None,
                   callback: Callable[[int], None] | None = None) -> list[float]:
     """Deterministic in-memory recovery: AdamW, fp32, linear warmup then linear decay, fixed batches.
 
     Step i trains on rows `[i*B, (i+1)*B)` of `train_tokens` (B = batch_size, default N // steps), so
     every candidate sees the same tokens in the same order. `callback(step)` runs after each step.
+    `autocast` (e.g. torch.bfloat16) runs the matmuls in that dtype; weights and AdamW stay fp32.
     Returns the training loss per step. The model is trained in place and left in eval mode.
     """
     from tracenas.models import get_adapter
@@ -263,7 +268,8 @@ def short_recover(model: nn.Module, train_tokens: torch.Tensor, steps: int, lr: 
             total = 0.0
             for s in range(0, bs, micro_batch):
                 ids = batch[s:s + micro_batch].to(device)
-                loss = causal_lm_loss(adapter, ids, loss_chunk)
+                with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                    loss = causal_lm_loss(adapter, ids, loss_chunk)
                 (loss * ids.shape[0] / bs).backward()
                 total += float(loss.detach()) * ids.shape[0] / bs
             if max_grad_norm > 0:
@@ -282,8 +288,12 @@ def short_recover(model: nn.Module, train_tokens: torch.Tensor, steps: int, lr: 
 
 def ground_truth(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelection], eval_tokens: torch.Tensor,
                  train_tokens: torch.Tensor, steps: list[int], *, lr: float, batch_size: int, micro_batch: int = 1,
-                 seed: int = 0, loss_chunk: int = 1024) -> dict:
-    """Eval perplexity of the sliced candidate zero-shot and after each of `steps` of one short recovery."""
+                 seed: int = 0, loss_chunk: int = 1024, autocast: torch.dtype | None = None) -> dict:
+    """Eval perplexity of the sliced candidate zero-shot and after each of `steps` of one short recovery.
+
+    `model` should hold fp32 weights (the candidate is sliced from them and trained in fp32); `autocast`
+    runs the recovery and eval matmuls in that dtype.
+    """
     from tracenas.evaluate import perplexity
 
     t0 = time.perf_counter()
@@ -297,15 +307,18 @@ def ground_truth(model: nn.Module, adapter: ModelAdapter, selection: list[LayerS
         if step not in steps:
             return
         te = time.perf_counter()
-        r = perplexity(small, eval_tokens, seq_len=eval_tokens.shape[1], micro_batch=max(1, micro_batch),
-                       chunk=loss_chunk)
+        device = next(small.parameters()).device
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            r = perplexity(small, eval_tokens, seq_len=eval_tokens.shape[1], micro_batch=max(1, micro_batch),
+                           chunk=loss_chunk)
         eval_seconds += time.perf_counter() - te
         res["ppl"][str(step)], res["nll"][str(step)] = r["ppl"], r["nll"]
 
     evaluate(0)
     zero_shot_eval, tr = eval_seconds, time.perf_counter()
     res["train_loss"] = short_recover(small, train_tokens, max(steps), lr, batch_size=batch_size,
-                                      micro_batch=micro_batch, seed=seed, loss_chunk=loss_chunk, callback=evaluate)
+                                      micro_batch=micro_batch, seed=seed, loss_chunk=loss_chunk, autocast=autocast,
+                                      callback=evaluate)
     res["seconds"] = {"total": time.perf_counter() - t0, "eval": eval_seconds,
                       "recover": time.perf_counter() - tr - (eval_seconds - zero_shot_eval)}
     return res
@@ -1021,8 +1034,8 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         dtype = resolve_dtype(cfg.dtype, device)
         source = None
-        if model is None:
-            model, tokenizer, source = load_model(cfg.model, dtype=dtype, device=device)
+        if model is None:  # fp32: the ground truth slices these weights; the proxies get a `dtype` copy
+            model, tokenizer, source = load_model(cfg.model, dtype=torch.float32, device=device)
         model_name = (source.spec if source is not None else cfg.model) or "model"
         adapter = get_adapter(model)
         shape = adapter.shape()
@@ -1041,7 +1054,7 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
                  len(candidates), format_count(budget), format_count(space.base_params()),
                  100 * cfg.budget_tolerance, len(names), cfg.seeds, rank, world)
         if not cfg.report_only:
-            _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank, world, progress)
+            _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank, world, progress, dtype)
         _barrier(world)
         summary = {}
         if rank == 0:
@@ -1059,7 +1072,8 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
             dist.destroy_process_group()
 
 
-def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank, world, progress) -> None:
+def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank, world, progress,
+             dtype: torch.dtype) -> None:
     from tracenas import data
     from tracenas.evaluate import perplexity
 
@@ -1073,14 +1087,26 @@ def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank
     mine = [i for i in range(len(candidates)) if i % world == rank]
     todo = [i for i in mine if i not in recs.truth or any(recs.missing_proxies(i, s, names) for s in range(cfg.seeds))
             or (cfg.sweep and any((i, s) not in recs.sweep for s in range(cfg.seeds)))]
+    autocast = torch.bfloat16 if cfg.recover_dtype == "bfloat16" else None
+    device = next(model.parameters()).device
     if rank == 0 and recs.base is None:
-        r = perplexity(model, eval_tokens, seq_len=cfg.eval_seq_len, micro_batch=cfg.micro_batch, chunk=cfg.loss_chunk)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast is not None):
+            r = perplexity(model, eval_tokens, seq_len=cfg.eval_seq_len, micro_batch=cfg.micro_batch,
+                           chunk=cfg.loss_chunk)
         append_record(path, {"type": "base", "ppl": r["ppl"], "nll": r["nll"], "params": space.base_params()})
         log.info("base model: eval perplexity %.2f", r["ppl"])
     log.info("rank %d: %d of its %d candidates have work left", rank, len(todo), len(mine))
     if not todo:
         return
-    validator = Validator(cfg, model, adapter, space, tokenizer)
+    from tracenas.models import get_adapter
+
+    probe = Validator(cfg, model, adapter, space, tokenizer)  # importance from the fp32 weights
+    if dtype != next(model.parameters()).dtype:
+        pmodel = copy.deepcopy(model).to(dtype)
+        validator = Validator(cfg, pmodel, get_adapter(pmodel), space, tokenizer, importance=probe.importance)
+        validator._windows = probe._windows
+    else:
+        validator = probe
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"validate[{rank}]" if world > 1 else "validate",
@@ -1093,7 +1119,7 @@ def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank
                 sel = select(space, genome, validator.importance)
                 t = ground_truth(model, adapter, sel, eval_tokens, train_tokens, steps, lr=cfg.recover_lr,
                                  batch_size=cfg.recover_batch, micro_batch=cfg.micro_batch, seed=cfg.seed,
-                                 loss_chunk=cfg.loss_chunk)
+                                 loss_chunk=cfg.loss_chunk, autocast=autocast)
                 rec = {"type": "truth", "index": i, "key": key, "family": family, **t}
                 append_record(path, rec)
                 recs.truth[i] = rec

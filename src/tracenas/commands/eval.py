@@ -28,8 +28,10 @@ def run(args: argparse.Namespace) -> int:
     from tracenas.evaluate import evaluate, format_results
 
     if not getattr(args, "verbose", False):
-        for noisy in ("lm_eval", "lm-eval", "datasets", "evaluate"):
+        for noisy in ("lm_eval", "datasets", "evaluate"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # "pretrained is not a str": expected, we hand lm-eval the already loaded model on purpose
+        logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
     cfg = from_args(_config_class(), args, load_yaml(args.config))
     results = evaluate(cfg)
     print(format_results(results))
