@@ -283,3 +283,18 @@ def test_two_ranks_with_torchrun_match_one_process(study, tmp_path, tiny_model_d
         assert truth[i]["ppl"]["2"] == pytest.approx(ref[i]["ppl"]["2"], rel=1e-4)
         assert phi[i] == pytest.approx(ref_phi[i], rel=1e-4)
     assert (out / "table.md").is_file() and "KL to base" in (out / "table.md").read_text()
+
+
+def test_bf16_proxies_and_autocast_recovery_keep_the_fp32_ground_truth(study, tmp_path, tiny_model_dir):
+    """--dtype bfloat16 runs the proxies on a bf16 copy; the candidates are still sliced from fp32 weights."""
+    out = tmp_path / "bf16"
+    settings = {**TINY, "num_candidates": 3, "seeds": 1, "proxies": "phi,kl", "dtype": "bfloat16",
+                "recover_dtype": "bfloat16"}
+    run_validation(ValidateConfig(model=str(tiny_model_dir), out=str(out), **settings), progress=False)
+    recs = read_records(out / "candidates.jsonl")
+    ref = {r["index"]: r for r in read_records(study / "candidates.jsonl") if r["type"] == "truth"}
+    for r in recs:
+        if r["type"] == "truth":  # same selection (fp32 importance), eval under bf16 autocast
+            assert r["ppl"]["0"] == pytest.approx(ref[r["index"]]["ppl"]["0"], rel=0.05)
+        if r["type"] == "proxy":
+            assert all(math.isfinite(float(v)) for v in r["scores"].values())

@@ -46,7 +46,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Values a preset fills in for every field left at None. `paper` is Table 5 of the paper (20B tokens,
 # global batch 1024 x 4096, peak LR 1e-4, WSD); `quick` is sized for a CPU and the embedded corpus.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"tokens": 200_000, "seq_len": 256, "micro_batch": 4, "global_batch": 4, "lr": 3e-4,
+    "quick": {"tokens": 100_000, "seq_len": 256, "micro_batch": 4, "global_batch": 4, "lr": 3e-4,
               "gradient_checkpointing": False, "save_every": 50},
     "paper": {"tokens": 20_000_000_000, "seq_len": 4096, "micro_batch": 4, "global_batch": 1024, "lr": 1e-4,
               "gradient_checkpointing": True, "save_every": 500},
@@ -80,7 +80,7 @@ class RecoverConfig:
     model: str | None = opt(None, "model to recover: a tracenas-exported or HF directory, a .gguf file, a Hub id, "
                                   "or nothing for the default model")
     data: str | None = opt(None, "training text (default: the embedded Wikipedia corpus; its 'train' split is used)")
-    preset: str = opt("quick", "quick: CPU-sized (256-token windows, 200k tokens, lr 3e-4); paper: Table 5 "
+    preset: str = opt("quick", "quick: CPU-sized (256-token windows, 100k tokens, lr 3e-4); paper: Table 5 "
                                "(4096 tokens x 1024 sequences per step, 20B tokens, lr 1e-4)",
                       choices=tuple(PRESETS))
     tokens: int | str | None = opt(None, "training token budget, e.g. 200k, 2B (steps = tokens / (global_batch*seq_len))")
