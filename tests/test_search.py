@@ -113,3 +113,14 @@ def test_baseline_strategies(tiny_model_dir, tmp_path, strategy):
         assert res.candidates_scored == 1
     else:
         assert res.candidates_scored == 5 + 2 * 3  # same candidate budget as the evolution
+
+
+@pytest.mark.parametrize("proxy", ["kl", "ppl", "naswot"])
+def test_search_with_zero_cost_proxies(tiny_model_dir, tmp_path, proxy):
+    out = tmp_path / proxy
+    res = run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), proxy=proxy,
+                                  **{**TINY, "iterations": 2}), progress=False)
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["proxy"] == proxy and arch["params"] <= res.budget
+    scores = [json.loads(h)["score"] for h in (out / "history.jsonl").read_text().splitlines()]
+    assert all(isinstance(s, float) for s in scores) and len(set(scores)) > 1

@@ -124,9 +124,10 @@ def test_zero_cost_proxies_are_registered_finite_and_kl_of_unpruned_is_zero(tiny
 
 def test_naswot_logdet_known_kernel():
     codes = torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool)
-    # K = U - Hamming: [[3, 1], [1, 3]] -> det 8
-    assert zero_cost.naswot_logdet(codes) == pytest.approx(math.log(8))
-    assert zero_cost.naswot_logdet(torch.ones(2, 3, dtype=torch.bool)) == float("-inf")  # identical codes
+    # K = U - Hamming: [[3, 1], [1, 3]]; + I -> [[4, 1], [1, 4]], det 15
+    assert zero_cost.naswot_logdet(codes) == pytest.approx(math.log(15))
+    # identical codes: K = 3 * ones is singular; + I keeps it finite: det [[4, 3], [3, 4]] = 7
+    assert zero_cost.naswot_logdet(torch.ones(2, 3, dtype=torch.bool)) == pytest.approx(math.log(7))
 
 
 def test_zico_accumulator_matches_definition():
@@ -141,9 +142,8 @@ def test_zico_accumulator_matches_definition():
 def test_kl_without_reference_is_a_clear_error(tiny_setup):
     model, adapter, space, imp, batches = tiny_setup
     zero_cost.clear_references(model)
-    scorer = Scorer(model, adapter, space, imp, batches[:2], "kl")
     with pytest.raises(Exception, match="prepare_reference"):
-        scorer.score(Genome.full(space.shape.num_layers))
+        zero_cost.kl_proxy(model, adapter, batches[:2], Genome.full(space.shape.num_layers), None)
 
 
 # --------------------------------------------------------------------------- shared passes = standalone proxies
@@ -159,6 +159,7 @@ def test_validator_one_pass_scores_equal_standalone_scorers(tiny_setup):
     genome = _pruned(space)
     scores, cost, sweep = val.score(ctx, genome, names, with_sweep=True)
     assert set(names) <= set(scores) and set(names) <= set(cost)
+    assert len(val.last_rho["attn"]) == space.shape.num_layers and val.last_rho["attn"][1] is None  # dropped
     batches = ctx.batches[:cfg.num_sequences]
     probes = TraceProbes(model, adapter, rank=cfg.rank, seed=0)
     base, _ = probes.trace(batches, 1)
@@ -176,6 +177,24 @@ def test_validator_one_pass_scores_equal_standalone_scorers(tiny_setup):
     full, _, _ = val.score(ctx, Genome.full(space.shape.num_layers), ["phi", "kl", "phi_all"])
     assert full["phi"] == pytest.approx(2 * space.shape.num_layers) and abs(full["kl"]) < 1e-5
     assert full["phi_all"] == pytest.approx(1.0)
+
+
+def test_any_registered_proxy_is_scored_with_the_candidates_masks(tiny_setup, monkeypatch):
+    model, adapter, space, imp, _ = tiny_setup
+
+    def kept_q_rows(model, adapter, batches, genome, scorer):  # sees the masked weights
+        return float(sum(int(adapter.attn_proj(layer, "q_proj").weight.abs().sum(1).gt(0).sum())
+                         for i, layer in enumerate(adapter.layers()) if genome.keep[i]))
+
+    monkeypatch.setitem(proxy_mod.CUSTOM_PROXIES, "kept_q_rows", kept_q_rows)
+    monkeypatch.setattr(proxy_mod, "PROXIES", proxy_mod.PROXIES + ("kept_q_rows",))
+    cfg = ValidateConfig(**{**TINY, "proxies": "phi,kept_q_rows"}).resolved()
+    assert validate.proxy_names(cfg) == ["phi", "kept_q_rows"]
+    val = Validator(cfg, model, adapter, space, make_tiny_tokenizer(), importance=imp)
+    genome = _pruned(space)
+    scores, cost, _ = val.score(val.context(0), genome, ["phi", "kept_q_rows"])
+    expected = sum(la.num_heads * space.shape.head_dim for la in space.layer_arch(genome) if la.keep)
+    assert scores["kept_q_rows"] == expected and "kept_q_rows" in cost
 
 
 def test_short_recover_is_deterministic_and_reports_every_step():
@@ -217,6 +236,7 @@ def test_study_writes_table_results_scatter_and_sweep(study):
     recs = read_records(study / "candidates.jsonl")
     assert sum(r["type"] == "truth" for r in recs) == 5
     assert sum(r["type"] == "proxy" for r in recs) == 10 and sum(r["type"] == "sweep" for r in recs) == 10
+    assert all(len(r["rho"]["mlp"]) == 4 for r in recs if r["type"] == "proxy")  # per-block ρ of Φ kept
     sweep = json.loads((study / "sweep.json").read_text())
     assert sweep["N"]["rows"]["3"]["tau_vs_ref"]["mean"] == pytest.approx(1.0)  # the reference vs itself
 
@@ -253,6 +273,17 @@ def test_resume_skips_what_is_on_disk(study, tmp_path, monkeypatch, tiny_model_d
     n_lines = len(after)
     run_validation(cfg, progress=False)  # nothing left to do
     assert calls == [] and len(path.read_text().splitlines()) == n_lines
+
+
+def test_saved_config_reruns_the_same_study(study, tmp_path):
+    """`--config OUT/validate.yaml` is accepted as is and resolves to the same settings (so it resumes)."""
+    from tracenas.config import from_args, load_yaml
+
+    cli_args = __import__("argparse").Namespace(out=str(tmp_path / "x"))
+    cfg = from_args(ValidateConfig, cli_args, load_yaml(study / "validate.yaml"))
+    assert cfg.recover_steps == TINY["recover_steps"] and cfg.seeds == TINY["seeds"] and cfg.sweep
+    res = json.loads((study / "results.json").read_text())
+    assert res["budget_params"] <= 0.7 * res["base_params"] and res["world_size"] == 1
 
 
 def test_resume_refuses_other_settings(study, tmp_path, tiny_model_dir):
@@ -298,3 +329,12 @@ def test_bf16_proxies_and_autocast_recovery_keep_the_fp32_ground_truth(study, tm
             assert r["ppl"]["0"] == pytest.approx(ref[r["index"]]["ppl"]["0"], rel=0.05)
         if r["type"] == "proxy":
             assert all(math.isfinite(float(v)) for v in r["scores"].values())
+
+
+def test_cli_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["validate-proxy", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--num-candidates", "--recover-steps", "--seeds", "--sweep", "--variants", "--proxies", "--config"):
+        assert flag in text

@@ -46,12 +46,18 @@ Traces = dict[tuple[int, str], torch.Tensor]
 # Forward-only / other proxies registered by name: fn(model, adapter, batches, genome, scorer) -> float,
 # evaluated with the candidate's masks applied (see `register_proxy`).
 CUSTOM_PROXIES: dict[str, Callable] = {}
+CUSTOM_PREPARE: dict[str, Callable] = {}
 
 
-def register_proxy(name: str, fn: Callable, help: str) -> None:  # noqa: A002
-    """Make a proxy selectable by name everywhere (`--proxy NAME`, validate-proxy)."""
+def register_proxy(name: str, fn: Callable, help: str, prepare: Callable | None = None) -> None:  # noqa: A002
+    """Make a proxy selectable by name everywhere (`--proxy NAME`, validate-proxy).
+
+    `prepare(scorer)`, if given, runs once on the unmasked model when a `Scorer` for it is built.
+    """
     global PROXIES
     CUSTOM_PROXIES[name] = fn
+    if prepare is not None:
+        CUSTOM_PREPARE[name] = prepare
     PROXY_HELP[name] = help
     if name not in PROXIES:
         PROXIES = PROXIES + (name,)
@@ -242,6 +248,8 @@ class Scorer:
             raise ValueError(f"proxy {self.proxy!r} needs TraceProbes")
         if self.proxy in SIMILARITY and self.base_traces is None:
             raise ValueError(f"proxy {self.proxy!r} needs base traces")
+        if self.proxy in CUSTOM_PREPARE:
+            CUSTOM_PREPARE[self.proxy](self)
 
     def score(self, genome: Genome) -> tuple[float, dict]:
         """Return (score, info). A non-finite loss or trace gives -inf with a warning."""
@@ -302,3 +310,7 @@ def synflow(model: nn.Module, adapter: ModelAdapter, ids: torch.Tensor, genome: 
         for p, r in requires.items():
             p.requires_grad_(r)
     return total
+
+
+# The zero-cost proxies of the validation study register themselves on import (after the names above exist).
+from tracenas import zero_cost  # noqa: E402,F401

@@ -123,7 +123,7 @@ class ValidateConfig:
     recover_steps: str | None = opt(None, "recovery checkpoints, e.g. 0,10,30: perplexity after each, one run")
     recover_batch: int | None = opt(None, "training sequences per recovery step")
     recover_seq_len: int | None = opt(None, "tokens per training sequence")
-    recover_lr: float | None = opt(None, "peak AdamW learning rate of the recovery (linear warmup 10%, linear decay)")
+    recover_lr: float | None = opt(None, "peak AdamW learning rate of the recovery (linear warmup over a tenth of the steps, then linear decay)")
     recover_dtype: str = opt("float32", "compute of the recovery and of the ground-truth eval: float32, or bfloat16 "
                                         "autocast (fp32 master weights; ~2x faster on CPUs with AVX512-BF16)",
                              choices=("float32", "bfloat16"))
@@ -411,6 +411,8 @@ class Validator:
         self.importance = importance or compute_importance(model, adapter, self.calibration(0)[:self.n_main],
                                                            micro_batch=cfg.micro_batch)
         self.contexts: dict[int, SeedContext] = {}
+        self._scorers: dict[tuple[int, str], proxy_mod.Scorer] = {}
+        self.last_rho: dict | None = None  # per-block ρ of Φ from the latest `score`
 
     # -- data ------------------------------------------------------------------------------
     def calibration(self, seed: int) -> torch.Tensor:
@@ -534,12 +536,15 @@ class Validator:
         """Scores of `names` (and the sweep) for one candidate and seed: (scores, seconds, sweep scores)."""
         cfg = self.cfg
         selection = select(self.space, genome, self.importance)
+        self.last_rho = None
         scores: dict[str, float] = {}
         cost: dict[str, float] = {}
         sweep = None
         batches = ctx.batches[:self.n_main]
         need_trace = with_sweep or any(n in TRACE_PROXIES or n in VARIANTS for n in names)
         need_fwd = [n for n in names if n in FORWARD_PROXIES]
+        # other registered proxies: Scorers built unmasked (their `prepare` hooks must see the base model)
+        others = {n: self._scorer(ctx, n) for n in names if n not in BUILTIN and n not in VARIANTS}
         # probes hook every block, so they are attached before masking swaps dropped blocks out
         with (self.probes(ctx) if need_trace else nullcontext()) as p, masked(self.model, self.adapter, selection):
             if need_trace:
@@ -570,7 +575,10 @@ class Validator:
                             variants = variant_scores(cand, base, genome, selection, self.shape)
                         scores[n] = variants[n]
                     else:
-                        scores[n] = trace_score(n, cand, base, genome).score
+                        ts = trace_score(n, cand, base, genome)
+                        scores[n] = ts.score
+                        if n == "phi":  # per-block ρ: other weightings can be studied offline
+                            self.last_rho = {"attn": ts.rho_attn, "mlp": ts.rho_mlp}
                     cost[n] = sec["main"] + time.perf_counter() - t0
                 if with_sweep:
                     sweep = self._sweep_scores(ctx, genome, snaps, cl) if finite else None
@@ -592,15 +600,19 @@ class Validator:
                 cost["synflow"] = time.perf_counter() - t0
             if "params" in names:
                 scores["params"], cost["params"] = float(self.space.params(genome)), 0.0
-            for n in names:
-                if n in scores or n in BUILTIN or n in VARIANTS:
-                    continue
-                t0 = time.perf_counter()  # any other registered proxy: its own fn, masks already applied
-                scorer = proxy_mod.Scorer(self.model, self.adapter, self.space, self.importance, batches, n,
-                                          micro_batch=cfg.micro_batch, loss_chunk=cfg.loss_chunk)
+            for n, scorer in others.items():
+                t0 = time.perf_counter()  # its own fn, with the candidate's masks already applied
                 scores[n] = float(proxy_mod.CUSTOM_PROXIES[n](self.model, self.adapter, batches, genome, scorer))
                 cost[n] = time.perf_counter() - t0
         return scores, cost, sweep
+
+    def _scorer(self, ctx: SeedContext, name: str) -> proxy_mod.Scorer:
+        key = (ctx.seed, name)
+        if key not in self._scorers:
+            self._scorers[key] = proxy_mod.Scorer(self.model, self.adapter, self.space, self.importance,
+                                                  ctx.batches[:self.n_main], name, micro_batch=self.cfg.micro_batch,
+                                                  loss_chunk=self.cfg.loss_chunk)
+        return self._scorers[key]
 
     def _sweep_scores(self, ctx: SeedContext, genome: Genome, snaps: dict[int, Traces], cl: dict[int, Traces]) -> dict:
         cfg = self.cfg
@@ -780,7 +792,8 @@ def _fmt(ms: dict) -> str:
     m, s = ms["mean"], ms["std"]
     if m is None or math.isnan(m):
         return "–"
-    return f"{m:.2f} ± {s:.2f}"
+    n = sum(1 for x in ms.get("per_seed", []) if x is not None and not math.isnan(x))
+    return f"{m:.2f}" if n <= 1 else f"{m:.2f} ± {s:.2f}"  # no spread to show for one seed
 
 
 def format_table(summary: dict, title: str = "") -> str:
@@ -941,10 +954,12 @@ def plot_sweep(sweep: dict, final: int, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(out: Path, cfg: ValidateConfig, candidates, names: list[str], model_name: str = "") -> dict:
+def write_reports(out: Path, cfg: ValidateConfig, candidates, names: list[str], model_name: str = "",
+                  extra: dict | None = None) -> dict:
     recs = Records(read_records(out / "candidates.jsonl"), candidates)
     summary = summarize(cfg, candidates, recs, names)
     summary["base"] = recs.base
+    summary.update(extra or {})
     title = (f"## Proxy validation: {summary['candidates']} candidates at budget {cfg.budget} of {model_name or 'the model'}"
              f", {cfg.seeds} proxy seed(s)\n\nSpearman (SP) / Kendall (KT) of proxy vs −PPL (held-out, "
              f"{cfg.eval_sequences}×{cfg.eval_seq_len} tokens), mean ± std over seeds. Recovery: "
@@ -1045,8 +1060,8 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
         names = proxy_names(cfg)
         candidates = sample_candidates(space, budget, cfg.num_candidates, cfg.seed, cfg.budget_tolerance)
         if rank == 0:
-            save_config(out, "validate", dataclasses.replace(cfg, min_layers=min_layers),
-                        extra={"budget_params": budget, "world_size": world, "proxy_names": names})
+            # nothing but fields: `--config OUT/validate.yaml` reruns the same study
+            save_config(out, "validate", dataclasses.replace(cfg, min_layers=min_layers))
             atomic_write_json(out / "candidates.json", [
                 {"index": i, "family": f, "key": g.key(), "params": space.params(g), "kept_blocks": sum(g.keep),
                  "genome": g.to_dict()} for i, (g, f) in enumerate(candidates)])
@@ -1058,7 +1073,9 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
         _barrier(world)
         summary = {}
         if rank == 0:
-            summary = write_reports(out, cfg, candidates, names, model_name)
+            summary = write_reports(out, cfg, candidates, names, model_name,
+                                    extra={"budget_params": budget, "base_params": space.base_params(),
+                                           "min_layers": min_layers, "world_size": world})
         _barrier(world)
         seconds = time.perf_counter() - t_start
         log.info("validation done in %.0f s -> %s", seconds, out / "table.md")
@@ -1133,9 +1150,13 @@ def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank
                 ctx = validator.context(seed)
                 scores, cost, sweep = validator.score(ctx, genome, missing, need_sweep)
                 if missing:
-                    append_record(path, {"type": "proxy", "index": i, "key": key, "seed": seed,
-                                         "scores": {k: _jf(v) for k, v in scores.items()},
-                                         "seconds": {k: round(v, 4) for k, v in cost.items()}})
+                    rec = {"type": "proxy", "index": i, "key": key, "seed": seed,
+                           "scores": {k: _jf(v) for k, v in scores.items()},
+                           "seconds": {k: round(v, 4) for k, v in cost.items()}}
+                    if validator.last_rho is not None:
+                        rec["rho"] = {k: [None if x is None else round(x, 6) for x in v]
+                                      for k, v in validator.last_rho.items()}
+                    append_record(path, rec)
                     recs.proxy[(i, seed)]["scores"].update(scores)
                 if need_sweep:
                     sec = sweep.pop("_seconds", None) if sweep else None

@@ -13,7 +13,8 @@ full discussion):
   *kept* MLP channels of the kept blocks (a pruned channel does not exist in the sliced model, so
   it is left out rather than counted as an always-off unit); the binary code of a unit is the sign of
   its gate pre-activation (SwiGLU: act(g) > 0 iff g > 0); the kernel is over a fixed, seeded
-  subsample of calibration *tokens* (not images), `naswot_tokens` of them.
+  subsample of calibration *tokens* (not images), `naswot_tokens` of them. Score = log|K_H + I|
+  (the identity only matters when there are fewer units than tokens, where K_H is singular).
 * **zico** (Li et al., 2023): Σ over kept projections of log Σ_coords E|g| / std(g), across the
   calibration *sequences* as the samples (one trace per sequence), using the LoRA-B traces (the weight gradient projected on
   the fixed random A, like Φ) instead of full weight gradients: the same statistics on a 64-dim
@@ -113,13 +114,18 @@ def naswot_positions(num_tokens: int, sample: int, seed: int = 0) -> torch.Tenso
 
 
 def naswot_logdet(codes: torch.Tensor) -> float:
-    """log|K_H| for binary codes [T, U]: K = C Cᵀ + (1-C)(1-C)ᵀ = U - Hamming distance."""
+    """log|K_H + I| for binary codes [T, U]: K_H = C Cᵀ + (1-C)(1-C)ᵀ = U - Hamming distance.
+
+    K_H has rank <= U + 2, so with fewer units than tokens (a heavily pruned small model) it is
+    singular; the identity keeps the score finite and, with thousands of units (entries ~U), changes
+    each log-eigenvalue by ~1/λ only.
+    """
     if codes.shape[1] == 0:
         return float("-inf")
     c = codes.float()
     k = c @ c.T + (1 - c) @ (1 - c).T  # integer counts, exact in float32 up to 2^24 units
-    sign, logabs = torch.linalg.slogdet(k.double())
-    return float(logabs) if float(sign) != 0 else float("-inf")
+    k = k.double() + torch.eye(k.shape[0], dtype=torch.float64)
+    return float(torch.linalg.slogdet(k)[1])
 
 
 @torch.no_grad()
