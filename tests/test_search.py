@@ -124,3 +124,13 @@ def test_search_with_zero_cost_proxies(tiny_model_dir, tmp_path, proxy):
     assert arch["proxy"] == proxy and arch["params"] <= res.budget
     scores = [json.loads(h)["score"] for h in (out / "history.jsonl").read_text().splitlines()]
     assert all(isinstance(s, float) for s in scores) and len(set(scores)) > 1
+
+
+def test_resume_with_run_time_resolved_defaults(tiny_model_dir, tmp_path):
+    cfg = {k: v for k, v in TINY.items() if k != "min_layers"}  # min_layers resolved from the model
+    out = tmp_path / "r"
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), **{**cfg, "iterations": 1}), progress=False)
+    res = run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), resume=True,
+                                  **{**cfg, "iterations": 2}), progress=False)
+    assert json.loads((out / "search/state.json").read_text())["generation"] == 2
+    assert res.candidates_scored > 5

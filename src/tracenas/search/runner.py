@@ -82,6 +82,7 @@ def _attach_log(out: Path, name: str) -> logging.Handler:
 def _config_for_compare(cfg: SearchConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d.pop("resume", None)
+    d.pop("iterations", None)  # a resumed search may be extended by more generations
     return d
 
 
@@ -96,7 +97,8 @@ def _prepare_out(cfg: SearchConfig, out: Path) -> bool:
             saved = yaml.safe_load(saved_path.read_text()) or {}
             saved.pop("resume", None)
             now = _config_for_compare(cfg)
-            diff = sorted(k for k in now if k in saved and saved[k] != now[k])
+            # fields left None are resolved at run time (e.g. min_layers = half the blocks): not a change
+            diff = sorted(k for k in now if k in saved and now[k] is not None and saved[k] != now[k])
             if diff:
                 raise RunDirError(f"--resume with a different config than the saved one: {', '.join(diff)}")
         return True
@@ -163,8 +165,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
         min_layers = cfg.min_layers if cfg.min_layers is not None else max(1, shape.num_layers // 2)
         space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings)
         budget = space.resolve_budget(cfg.budget)
-        save_config(out, "search", dataclasses.replace(cfg, min_layers=min_layers),
-                    extra={"budget_params": budget})
+        save_config(out, "search", dataclasses.replace(cfg, min_layers=min_layers))
         log.info("budget %s of %s parameters (%s), %d blocks, min_layers=%d", format_count(budget),
                  format_count(space.base_params()), "embeddings included" if cfg.include_embeddings else
                  "embeddings excluded", shape.num_layers, min_layers)
