@@ -41,7 +41,8 @@ def save_tiny(path, kind: str = "llama-gqa", num_layers: int = 4):
 
 
 def make_tiny(kind: str, seed: int = 0, num_layers: int = 4):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
 
     family, attn = kind.split("-")
     heads, kv = (4, 4) if attn == "mha" else (6, 2)
@@ -52,6 +53,8 @@ def make_tiny(kind: str, seed: int = 0, num_layers: int = 4):
     if family == "llama":
         cfg = LlamaConfig(**common, attention_bias=False)
         model = LlamaForCausalLM(cfg)
+    elif family == "mistral":
+        model = MistralForCausalLM(MistralConfig(**{**common, "tie_word_embeddings": False}, sliding_window=None))
     else:
         cfg = Qwen2Config(**common)
         model = Qwen2ForCausalLM(cfg)

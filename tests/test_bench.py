@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from test_export import make_run_dir, one_thread  # noqa: F401 - one_thread is an autouse fixture
+from test_export import make_run_dir
 
 from tracenas.bench import BenchConfig, measure, random_prompt, run_bench
 from tracenas.cli import main

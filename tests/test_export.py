@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_KINDS, TINY_VOCAB, make_tiny
+from conftest import TINY_KINDS, make_tiny
 
 from tracenas.arch import Genome, SearchSpace
 from tracenas.cli import main
@@ -26,31 +26,8 @@ PROMPT = [[3, 17, 42, 5, 99, 8, 61, 23]]
 GEN_TOKENS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add synchronization (x100 slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(kind: str, seed: int = 0):
-    if not kind.startswith("mistral"):
-        return make_tiny(kind, seed=seed)
-    from transformers import MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = MistralConfig(vocab_size=TINY_VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=4,
-                        num_attention_heads=6, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-                        sliding_window=None, tie_word_embeddings=False)
-    model = MistralForCausalLM(cfg)
-    model.config._attn_implementation = "eager"
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return model.eval()
+    return make_tiny(kind, seed=seed)
 
 
 def batches() -> torch.Tensor:

@@ -230,13 +230,6 @@ def run_tasks(model: nn.Module, tokenizer, specs: list[TaskSpec], cfg: EvalConfi
 # --------------------------------------------------------------------------- the command
 
 
-def _device_and_dtype(cfg: EvalConfig) -> tuple[str, torch.dtype]:
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.dtype != "auto":
-        return device, getattr(torch, cfg.dtype)
-    return device, torch.bfloat16 if device.startswith("cuda") else torch.float32
-
-
 def model_info(model: nn.Module, source=None) -> dict[str, Any]:
     """Parameter counts (embeddings included, as the paper counts; tied weights once) and identity."""
     params = sum(p.numel() for p in model.parameters())
@@ -292,7 +285,10 @@ def evaluate(cfg: EvalConfig, *, model: nn.Module | None = None, tokenizer=None,
         source = None
         if model is None:
             source = resolve_source(cfg.model)
-            device, dtype = _device_and_dtype(cfg)
+            from tracenas.device import resolve_device, resolve_dtype
+
+            device = resolve_device(cfg.device)
+            dtype = resolve_dtype(cfg.dtype, device)
             model, loaded_tok, source = load_model(cfg.model, dtype=dtype, device=device)
             tokenizer = tokenizer or loaded_tok
         if tokenizer is None:

@@ -29,6 +29,7 @@ import yaml
 
 from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_json, atomic_write_text, save_config
+from tracenas.device import resolve_device, resolve_dtype
 from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import Importance, compute_importance, select, selection_to_list
 from tracenas.proxy import GRADIENT_PROXIES, Scorer, TraceProbes
@@ -50,24 +51,6 @@ class SearchResult:
     base_params: int
     candidates_scored: int
     seconds: float
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise TracenasError(f"bad --device {device!r}: {err}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TracenasError("--device cuda requested but no CUDA device is available")
-    return dev
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 def _attach_log(out: Path, name: str) -> logging.Handler:

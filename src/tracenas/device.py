@@ -1,0 +1,25 @@
+"""`--device` / `--dtype` values ("auto", "cuda:1", "bfloat16", ...) -> torch objects, with clear errors."""
+
+from __future__ import annotations
+
+import torch
+
+from tracenas.errors import TracenasError
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise TracenasError(f"bad --device {device!r}: {err}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TracenasError("--device cuda requested but no CUDA device is available")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
