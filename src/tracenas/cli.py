@@ -44,6 +44,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
             continue
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.register(p)
+        if "--threads" not in p._option_string_actions:
+            p.add_argument("--threads", type=int, default=None, metavar="N",
+                           help="CPU threads for torch (default: torch's choice, one per core); "
+                                "1 is often fastest on a small shared machine")
         handlers[mod.NAME] = mod
     return parser, handlers
 
@@ -60,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if args.verb != "bench":  # bench applies its own --threads around the timed region only
+            from tracenas.device import set_threads
+
+            set_threads(getattr(args, "threads", None))
         return int(handlers[args.verb].run(args) or 0)
     except TracenasError as err:
         print(f"tracenas {args.verb}: error: {err}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`--device` / `--dtype` values ("auto", "cuda:1", "bfloat16", ...) -> torch objects, with clear errors."""
+"""`--device` / `--dtype` / `--threads` values ("auto", "cuda:1", "bfloat16", 4, ...) -> torch settings, with clear errors."""
 
 from __future__ import annotations
 
@@ -23,3 +23,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads (None leaves torch's choice); returns the previous count.
+
+    On a small shared machine, one thread per process is often several times faster than torch's
+    default of one per core, because oversubscribed OpenMP threads spin-wait on each other.
+    """
+    previous = torch.get_num_threads()
+    if threads is None:
+        return previous
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise TracenasError(f"--threads must be a positive integer, got {threads!r}")
+    torch.set_num_threads(threads)
+    return previous
