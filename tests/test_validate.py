@@ -31,6 +31,7 @@ from tracenas.validate import (
     sample_candidates,
     short_recover,
 )
+from tracenas.validate import runner as validate_runner
 
 # Small enough for a 4-layer tiny model on a loaded 2-core machine; 0.7 because the tiny grid is coarse.
 TINY = {"budget": "0.7", "budget_tolerance": 0.1, "num_candidates": 5, "seeds": 2, "num_sequences": 2,
@@ -256,7 +257,7 @@ def test_resume_skips_what_is_on_disk(study, tmp_path, monkeypatch, tiny_model_d
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(validate, "ground_truth", counting)
+    monkeypatch.setattr(validate_runner, "ground_truth", counting)  # the name the run looks up
     cfg = ValidateConfig(model=str(tiny_model_dir), out=str(out), sweep=True, variants=True, **TINY)
     run_validation(cfg, progress=False)
     assert len(calls) == 3  # candidates 2, 3, 4

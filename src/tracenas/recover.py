@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -530,9 +530,11 @@ def _final_model(accelerator, wrapper: nn.Module, cfg: RecoverConfig) -> nn.Modu
     return model
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+def param_groups(model_or_params: nn.Module | Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW groups: trainable matrices (dim >= 2) decayed, the rest (norms, biases) not; parameter order kept."""
+    params = list(model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params)
+    decay = [p for p in params if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in params if p.requires_grad and p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
@@ -606,7 +608,7 @@ def recover(cfg: RecoverConfig, *, model: nn.Module | None = None, tokenizer=Non
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     wrapper = _LossModel(model, cfg, teacher)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
 
     start_step, wall_before, resumed_from = 0, 0.0, None
