@@ -1,0 +1,34 @@
+"""Recovery: continued pretraining (CPT) of a pruned (or dense) causal LM on the training split.
+
+    tracenas recover runs/demo/model --preset quick --out runs/demo/recovered
+    tracenas recover runs/demo/model --out runs/demo/recovered --resume          # after a kill
+    accelerate launch -m tracenas recover runs/demo/model --preset paper --tokens 2B --out ...
+    torchrun --nproc_per_node 8 -m tracenas recover runs/demo/model --preset paper --out ...
+
+The loop is plain PyTorch driven by `accelerate`, so the same code runs single-process on CPU and
+with DDP (or FSDP, through an accelerate config) on many GPUs. Data is the training split of `--data`
+cut into non-overlapping `seq_len` windows whose order is a seeded permutation per epoch; optimizer
+step `i` always consumes global windows `[i*B, (i+1)*B)`, so a resumed run sees exactly the batches an
+uninterrupted run would. Checkpoints (`OUT/checkpoints/step-N/`) hold the weights, the AdamW state and
+the RNG states as safetensors plus a JSON header; with the same config a resumed run ends with
+bit-identical weights on CPU. See docs/recovery.md for the presets and the outputs.
+
+    config      RecoverConfig, presets, RecoverResult    schedule     lr_at, param_groups (AdamW)
+    windows     TrainWindows: seeded training windows    losses       chunked_lm_loss, _LossModel
+    checkpoints save, find, load, resume fingerprint     plots        plot_loss (loss.png)
+    save        save_recovered (input's format)          runner       recover: the training loop
+
+Everything below is importable from `tracenas.recover` itself.
+"""
+
+from tracenas.recover.checkpoints import CHECKPOINTS
+from tracenas.recover.config import DTYPES, PRESETS, SCHEDULES, RecoverConfig, RecoverResult, parse_count
+from tracenas.recover.losses import chunked_lm_loss
+from tracenas.recover.plots import plot_loss
+from tracenas.recover.runner import recover
+from tracenas.recover.save import save_recovered
+from tracenas.recover.schedule import lr_at, param_groups
+from tracenas.recover.windows import TrainWindows
+
+__all__ = ["CHECKPOINTS", "DTYPES", "PRESETS", "SCHEDULES", "RecoverConfig", "RecoverResult", "TrainWindows",
+           "chunked_lm_loss", "lr_at", "param_groups", "parse_count", "plot_loss", "recover", "save_recovered"]

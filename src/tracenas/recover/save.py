@@ -1,0 +1,69 @@
+"""The recovered model, written in the input's format (tracenas export or plain HF) with a model card note."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tracenas.recover.config import RecoverConfig, RecoverResult
+
+
+def _checkpoint_dtype(source) -> torch.dtype:
+    """The dtype a local checkpoint was stored in (config.json), float32 otherwise."""
+    if source is None or source.gguf_file or not (Path(source.path) / "config.json").is_file():
+        return torch.float32
+    cfg = json.loads((Path(source.path) / "config.json").read_text())
+    name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
+def _recovery_note(cfg: RecoverConfig, result: RecoverResult) -> str:
+    return (f"\n## Continued pretraining (tracenas recover)\n\n"
+            f"Recovered from `{cfg.model or 'default model'}` on {result.tokens_seen:,} tokens of "
+            f"`{cfg.data or 'wikipedia'}` (train split): {result.steps} steps of {cfg.global_batch} x {cfg.seq_len} "
+            f"tokens, peak LR {cfg.lr:g}, {cfg.schedule} schedule, final training loss "
+            f"{result.final_loss:.4f}. All settings: `../recover.yaml`.\n")
+
+
+def save_recovered(model: nn.Module, tokenizer, source, cfg: RecoverConfig, result: RecoverResult, target: Path) -> Path:
+    """Write the recovered model in the input's format: a tracenas-exported input stays one (its remote
+    code and per-layer config included, via `export.save_pruned`), a plain HF input stays plain."""
+    dtype = ({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.save_dtype)
+             or _checkpoint_dtype(source))
+    src_dir = Path(source.path) if source is not None and not source.gguf_file and Path(source.path).is_dir() else None
+    if getattr(model.config, "tracenas", None):
+        from tracenas.export import save_pruned
+
+        save_pruned(model, tokenizer, target, dtype=dtype,
+                    card={"recovered from": cfg.model, "recovery tokens": result.tokens_seen,
+                          "recovery loss": round(result.final_loss or float("nan"), 4)})
+        if src_dir is not None and (src_dir / "README.md").is_file():  # keep the export's model card
+            (target / "README.md").write_text((src_dir / "README.md").read_text() + _recovery_note(cfg, result))
+        return target
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    to_save = model if dtype == next(model.parameters()).dtype else copy.deepcopy(model).to(dtype)
+    to_save.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if src_dir is not None:  # remote code, model card, chat template... whatever the input shipped
+        skip = {"config.json", "generation_config.json", "model.safetensors.index.json"}
+        for f in src_dir.iterdir():
+            if f.is_file() and f.name not in skip and f.suffix not in (".safetensors", ".bin", ".gguf", ".pt") \
+                    and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+    readme = tmp / "README.md"
+    readme.write_text((readme.read_text() if readme.is_file() else f"# {target.name}\n") + _recovery_note(cfg, result))
+    old = target.parent / f".{target.name}.old"
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
