@@ -244,3 +244,31 @@ def test_exported_pruned_model_round_trips(setup, tmp_path):
     stock = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     ids = torch.randint(0, len(WORDS), (1, 12))
     torch.testing.assert_close(stock(input_ids=ids).logits, after(input_ids=ids).logits)
+
+
+def test_two_ranks_with_torchrun_match_one_process(setup, tmp_path):
+    """DDP over 2 CPU ranks (gloo): each rank trains on its half of every global batch, so the weights match
+    a single process that accumulates the same global batch (up to float reduction order)."""
+    import os
+    import subprocess
+    import sys
+
+    model_dir, data = setup
+    flags = ["--data", str(data), "--seq-len", "32", "--micro-batch", "2", "--global-batch", "4",
+             "--tokens", str(8 * 4 * 32), "--lr", "3e-3", "--save-every", "4"]
+    single = recover(config(model_dir, data, tmp_path / "one", micro_batch=2, tokens=8 * 4 * 32, save_every=4),
+                     progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519",
+           "-m", "tracenas", "recover", str(model_dir), "--out", str(tmp_path / "two"), *flags]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = (tmp_path / "two" / "recover.yaml").read_text()
+    assert "world_size: 2" in saved and "grad_accum: 1" in saved
+    one, two = weights(Path(single.path)), weights(tmp_path / "two" / "model")
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    logs = [[json.loads(line)["loss"] for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+            for run in ("one", "two")]
+    assert logs[1] == pytest.approx(logs[0], rel=1e-4)
