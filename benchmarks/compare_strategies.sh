@@ -5,14 +5,15 @@
 #   bash benchmarks/compare_strategies.sh [OUT_ROOT] [extra `tracenas run` flags...]
 # Environment:
 #   PROXIES="kl phi"                  evolution runs, one per search proxy (run dirs evolution-<proxy>)
-#   STRATEGIES="uniform random"       baselines (run dirs <strategy>; random search scores with the first proxy)
+#   STRATEGIES="uniform random"       baselines (run dirs <strategy>; random search scores with the first proxy;
+#                                     STRATEGIES="" for none)
 #   PARALLEL=1                        all runs concurrently (use OMP_NUM_THREADS=1 on a small machine)
 #   extra flags, e.g. --seed 1        a second replicate: use another OUT_ROOT
 # `tracenas run` skips finished stages, so rerunning this script only prints the table.
 set -euo pipefail
 root=${1:-runs/compare}; shift || true
 read -r -a proxies <<< "${PROXIES:-kl phi}"
-read -r -a baselines <<< "${STRATEGIES:-uniform random}"
+read -r -a baselines <<< "${STRATEGIES-uniform random}"
 mkdir -p "$root"
 run_one() {  # NAME STRATEGY PROXY [flags...]
   local extra=()

@@ -29,7 +29,7 @@ def rows(root: Path) -> list[dict]:
         cfg = yaml.safe_load((run / "run.yaml").read_text())
         arch = json.loads((run / "arch.json").read_text())
         summary = json.loads((run / "search" / "summary.json").read_text())
-        proxy = cfg["proxy"] if cfg["strategy"] != "uniform" else "-"
+        proxy = arch["proxy"] if cfg["strategy"] != "uniform" else "-"
         out.append(dict(run=run.name, strategy=cfg["strategy"], proxy=proxy, seed=cfg["seed"],
                         params=arch["params"], kept=arch["num_layers_kept"], blocks=len(arch["layers"]),
                         scored=summary["candidates_scored"], search_s=summary.get("wall_seconds_this_session"),

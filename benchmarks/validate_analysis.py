@@ -10,7 +10,9 @@ Proxy scores are averaged over seeds before ranking. Sections:
      for a search, which compares neighbours;
   2. top-k: of the k best candidates by the proxy, how many are among the true k best;
   3. Kendall τ between proxies (which proxies carry the same information);
-  4. perplexity vs structure (kept blocks, attention share) to see what the ground truth rewards.
+  4. perplexity vs structure (kept blocks, attention share) to see what the ground truth rewards;
+  5. blends of the forward fitness (kl, ppl) with a trace proxy (sum of z-scores): does the gradient
+     signal add anything the forward pass lacks?
 """
 
 from __future__ import annotations
@@ -111,6 +113,21 @@ def analyse(run: Path) -> str:
     for s in steps:
         sp, kt = corr([-truth[i]["ppl"][str(s)] for i in idx], [neg_ppl[i] for i in idx])
         out.append(f"| −PPL after {s} steps | {f2(sp)} | {f2(kt)} |")
+
+    blends = [(f, g, w) for f in ("kl", "ppl") for g in ("phi", "pearson") for w in (0.5, 1.0)
+              if f in names and g in names]
+    if blends:
+        def z(name: str) -> np.ndarray:
+            x = np.array([mean[i][name] for i in idx])
+            return (x - x.mean()) / (x.std() or 1.0)
+
+        out += ["", "## 5. Forward fitness blended with a trace proxy: z(fwd) + w·z(trace) vs −PPL", "",
+                "| score | SP | KT |", "|---|---|---|"]
+        y = [neg_ppl[i] for i in idx]
+        for n in sorted({f for f, _, _ in blends} | {g for _, g, _ in blends}):
+            out.append(f"| {n} alone | " + " | ".join(f2(v) for v in corr(z(n), y)) + " |")
+        for f, g, w in blends:
+            out.append(f"| z({f}) + {w:g}·z({g}) | " + " | ".join(f2(v) for v in corr(z(f) + w * z(g), y)) + " |")
     return "\n".join(out) + "\n"
 
 

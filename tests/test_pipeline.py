@@ -18,6 +18,8 @@ def test_run_produces_complete_directory_and_skips_finished_stages(tiny_model_di
                  "report.md"):
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
+    assert "proxy: kl" in (out / "run.yaml").read_text()  # the quick preset's proxy, resolved and recorded
+    assert json.loads((out / "arch.json").read_text())["proxy"] == "kl" and "proxy `kl`" in report
     assert "## Architecture" in report and "## Quality" in report and "## Speed" in report
     ppl = {n: json.loads((out / "eval" / n / "results.json").read_text())["perplexity"]["ppl"]
            for n in ("base", "pruned", "recovered")}

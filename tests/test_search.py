@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from tracenas.cli import main
+from tracenas.errors import TracenasError
 from tracenas.search.config import SearchConfig
 from tracenas.search.runner import run_search
 
@@ -30,11 +31,14 @@ def test_search_writes_run_dir_and_meets_budget(tiny_model_dir, tmp_path):
     assert arch["score"] == max(json.loads(h)["score"] for h in hist)
 
 
-def test_same_seed_same_result_and_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("proxy", ["phi", "kl"])  # gradient traces (saved base traces) and forward-only
+def test_same_seed_same_result_and_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch, proxy):
+    cfg = {**TINY, "proxy": proxy}
     full = tmp_path / "full"
-    run_search(SearchConfig(model=str(tiny_model_dir), out=str(full), **TINY), progress=False)
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(full), **cfg), progress=False)
+    assert json.loads((full / "arch.json").read_text())["proxy"] == proxy
     again = tmp_path / "again"
-    run_search(SearchConfig(model=str(tiny_model_dir), out=str(again), **TINY), progress=False)
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(again), **cfg), progress=False)
     assert _read(full) == _read(again)
 
     # kill the search after generation 1 by raising from the per-generation hook
@@ -50,14 +54,38 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(tiny_model_dir, t
 
     monkeypatch.setattr(evolution.Evolution, "step", step_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), **TINY), progress=False)
+        run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), **cfg), progress=False)
     monkeypatch.setattr(evolution.Evolution, "step", original_step)
     assert json.loads((killed / "search/state.json").read_text())["generation"] == 1
     # a stray half-written history line from the crash must not survive the resume
     with open(killed / "history.jsonl", "a") as fh:
         fh.write('{"index": 999}\n')
-    run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), resume=True, **TINY), progress=False)
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), resume=True, **cfg), progress=False)
     assert _read(killed) == _read(full)
+
+
+def test_preset_chooses_the_proxy_and_a_flag_overrides_it():
+    assert SearchConfig(preset="quick").resolved().proxy == "kl"
+    assert SearchConfig(preset="paper").resolved().proxy == "phi"
+    assert SearchConfig(preset="quick", proxy="phi").resolved().proxy == "phi"
+    assert SearchConfig(preset="paper", proxy="pearson").resolved().proxy == "pearson"
+    with pytest.raises(TracenasError, match="unknown proxy"):
+        SearchConfig(proxy="nope")
+
+
+def test_resume_of_a_run_with_another_proxy_names_the_fix(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "old"
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), **{**TINY, "iterations": 1, "proxy": "phi"}),
+               progress=False)
+    args = ["search", "--model", str(tiny_model_dir), "--out", str(out), "--resume"]
+    for k, v in {**TINY, "iterations": 2}.items():  # no --proxy: the quick preset's kl differs from the saved phi
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "proxy" in err and f"--config {out / 'search.yaml'}" in err
+    assert main(["search", "--config", str(out / "search.yaml"), "--resume", "--iterations", "2"]) == 0
+    assert json.loads((out / "search/state.json").read_text())["generation"] == 2
+    assert json.loads((out / "arch.json").read_text())["proxy"] == "phi"
 
 
 def test_cli_search_errors(tiny_model_dir, tmp_path, capsys):

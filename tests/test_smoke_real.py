@@ -9,12 +9,15 @@ from tracenas.cli import main
 pytestmark = pytest.mark.slow
 
 
-def test_quick_search_on_default_model(tmp_path):
+@pytest.mark.parametrize("proxy", [None, "phi"])  # the quick preset's default (kl) and the gradient-trace Φ
+def test_quick_search_on_default_model(tmp_path, proxy):
     out = tmp_path / "search"
     rc = main(["search", "--preset", "quick", "--budget", "0.6", "--num-sequences", "2", "--seq-len", "64",
-               "--population", "4", "--elites", "2", "--iterations", "2", "--out", str(out)])
+               "--population", "4", "--elites", "2", "--iterations", "2", "--out", str(out),
+               *(["--proxy", proxy] if proxy else [])])
     assert rc == 0
     arch = json.loads((out / "arch.json").read_text())
+    assert arch["proxy"] == (proxy or "kl")
     assert arch["params"] <= arch["budget"] <= 0.6 * arch["base_params"] + 1
     assert arch["params"] >= arch["budget"] * 0.98
     assert arch["model"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -40,7 +40,7 @@ class RunConfig:
     budget: str = opt("0.6", "parameter budget: count (81M) or fraction (0.6)")
     preset: str = opt("quick", "quick (CPU) or paper settings for every stage", choices=("quick", "paper"))
     strategy: str = opt("evolution", "evolution (TraceNAS), uniform, random", choices=("evolution", "uniform", "random"))
-    proxy: str = opt("phi", "search score (see `tracenas search --help`)")
+    proxy: str | None = opt(None, "search score (preset: kl for quick, phi for paper; see `tracenas search --help`)")
     stages: str = opt(",".join(STAGES), "comma-separated stages to run, in pipeline order")
     seed: int = opt(0, "seed of every stage")
     device: str = opt("auto", "auto, cpu, cuda, ...")
@@ -90,13 +90,14 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = cfg.stage_list()
-    save_config(out, "run", cfg)
     timings: dict[str, float] = {}
     search_cfg = SearchConfig(model=cfg.model, data=cfg.data, out=str(out), budget=cfg.budget, preset=cfg.preset,
                               strategy=cfg.strategy, proxy=cfg.proxy, seed=cfg.seed, device=cfg.device,
                               population=cfg.population, elites=cfg.elites, iterations=cfg.iterations,
                               num_sequences=cfg.num_sequences, seq_len=cfg.seq_len, rank=cfg.rank,
                               min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance).resolved()
+    cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
+    save_config(out, "run", cfg)
     iterations = 1 if cfg.strategy == "uniform" else search_cfg.iterations
 
     if "search" in stages:

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(SearchConfig, args, load_yaml(getattr(args, "config", None)))
     res = run_search(cfg)
     b = res.best
-    print(f"best {cfg.proxy} score {b.score:.4f} with {format_count(b.params)} parameters "
+    print(f"best {cfg.resolved().proxy} score {b.score:.4f} with {format_count(b.params)} parameters "
           f"({b.params / res.base_params:.1%} of {format_count(res.base_params)}; budget {format_count(res.budget)}), "
           f"{sum(b.genome.keep)}/{len(b.genome.keep)} blocks kept")
     print(f"{res.candidates_scored} candidates scored in {res.seconds:.0f} s -> {res.out}/arch.json")

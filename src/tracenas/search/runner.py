@@ -83,7 +83,8 @@ def _prepare_out(cfg: SearchConfig, out: Path) -> bool:
             # fields left None are resolved at run time (e.g. min_layers = half the blocks): not a change
             diff = sorted(k for k in now if k in saved and now[k] is not None and saved[k] != now[k])
             if diff:
-                raise RunDirError(f"--resume with a different config than the saved one: {', '.join(diff)}")
+                raise RunDirError(f"--resume with a different config than the saved one: {', '.join(diff)} "
+                                  f"(to reuse the saved settings: --config {saved_path} --resume)")
         return True
     if state.exists():
         raise RunDirError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
