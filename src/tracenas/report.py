@@ -124,7 +124,8 @@ def write_report(out: str | os.PathLike) -> dict:
                   f"(rejected draws: {summary.get('rejected_draws', 0)})",
                   f"- calibration tokens per candidate: {summary['calibration_tokens']:,}",
                   f"- wall time: {timings.get('search', summary.get('wall_seconds_this_session')):.0f} s on "
-                  f"{summary['device']} ({summary['dtype']}, {summary.get('threads')} threads)", ""]
+                  f"{summary['device']} ({summary['dtype']}, {summary.get('threads')} "
+                  f"thread{'' if summary.get('threads') == 1 else 's'})", ""]
     if any(evals.values()) or rec:
         lines += ["## Quality", "", "| model | perplexity (held-out split) |", "|---|---:|"]
         for name in ("base", "pruned", "recovered"):
