@@ -32,7 +32,6 @@ full discussion):
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import weakref
@@ -338,21 +337,13 @@ def prepare_kl(scorer) -> None:
     prepare_reference(scorer.model, scorer.adapter, scorer.batches, scorer.micro_batch)
 
 
-def _register(name: str, fn, help: str, prepare=None) -> None:  # noqa: A002
-    # `prepare` (run unmasked when a Scorer is built) is passed on once register_proxy accepts it
-    if prepare is not None and "prepare" in inspect.signature(register_proxy).parameters:
-        register_proxy(name, fn, help, prepare=prepare)
-    else:
-        register_proxy(name, fn, help)
-
-
-_register("naswot", naswot_proxy, "NASWOT: log-det of the Hamming kernel of MLP gate codes over calibration "
+register_proxy("naswot", naswot_proxy, "NASWOT: log-det of the Hamming kernel of MLP gate codes over calibration "
                                        "tokens (kept channels of kept blocks)")
-_register("zico", zico_proxy, "ZiCo: sum over kept projections of log sum E|g|/std(g) of per-sequence "
+register_proxy("zico", zico_proxy, "ZiCo: sum over kept projections of log sum E|g|/std(g) of per-sequence "
                                    "LoRA-B traces")
-_register("ppl", ppl_proxy, "calibration perplexity (forward only): score = -mean NLL")
-_register("kl", kl_proxy, "KL(base || candidate) of next-token distributions on calibration tokens: "
-                          "score = -KL (base outputs cached by zero_cost.prepare_reference)", prepare=prepare_kl)
+register_proxy("ppl", ppl_proxy, "calibration perplexity (forward only): score = -mean NLL")
+register_proxy("kl", kl_proxy, "KL(base || candidate) of next-token distributions on calibration tokens: "
+                               "score = -KL (base outputs cached by zero_cost.prepare_reference)", prepare=prepare_kl)
 
 
 __all__ = ["ZERO_COST_PROXIES", "ForwardReference", "ZicoAccumulator", "forward_stats", "get_reference",
