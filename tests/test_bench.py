@@ -69,9 +69,11 @@ def test_bench_model_dir_with_base_and_out(exported_run, tmp_path):
     assert main(["bench", str(model_dir), "--base", str(base_dir), "--out", str(out), *TINY]) == 0
     report = json.loads(out.read_text())
     assert set(report["models"]) == {"base", "pruned"} and report["speedup"]
-    # no base known: the pruned model alone, report next to it
+    # no base known: the pruned model alone, report beside it (never inside the checkpoint)
+    before = sorted(p.name for p in model_dir.iterdir())
     assert main(["bench", str(model_dir), *TINY]) == 0
-    alone = json.loads((model_dir / "bench.json").read_text())
+    assert sorted(p.name for p in model_dir.iterdir()) == before
+    alone = json.loads((tmp_path / "pruned.bench.json").read_text())
     assert set(alone["models"]) == {"pruned"} and alone["speedup"] is None
 
 

@@ -2,6 +2,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from tracenas.cli import main
 from tracenas.errors import TracenasError
@@ -73,19 +74,22 @@ def test_preset_chooses_the_proxy_and_a_flag_overrides_it():
         SearchConfig(proxy="nope")
 
 
-def test_resume_of_a_run_with_another_proxy_names_the_fix(tiny_model_dir, tmp_path, capsys):
+def test_resume_takes_left_out_options_from_the_saved_search(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "old"
     run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), **{**TINY, "iterations": 1, "proxy": "phi"}),
                progress=False)
-    args = ["search", "--model", str(tiny_model_dir), "--out", str(out), "--resume"]
-    for k, v in {**TINY, "iterations": 2}.items():  # no --proxy: the quick preset's kl differs from the saved phi
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    assert main(args) == 2
+    saved = (out / "search.yaml").read_text()
+    capsys.readouterr()
+    # an explicit option that differs is refused, naming it, and the saved config is left as it was
+    assert main(["search", "--out", str(out), "--resume", "--proxy", "kl"]) == 2
     err = capsys.readouterr().err
-    assert "proxy" in err and f"--config {out / 'search.yaml'}" in err
-    assert main(["search", "--config", str(out / "search.yaml"), "--resume", "--iterations", "2"]) == 0
+    assert "--proxy 'phi' -> 'kl'" in err and len(err.strip().splitlines()) == 1
+    assert (out / "search.yaml").read_text() == saved
+    # left out (no --model, no --proxy, no sizes): continues the saved search, extended by --iterations
+    assert main(["search", "--out", str(out), "--resume", "--iterations", "2"]) == 0
     assert json.loads((out / "search/state.json").read_text())["generation"] == 2
     assert json.loads((out / "arch.json").read_text())["proxy"] == "phi"
+    assert yaml.safe_load((out / "search.yaml").read_text())["iterations"] == 2
 
 
 def test_cli_search_errors(tiny_model_dir, tmp_path, capsys):
@@ -122,8 +126,10 @@ def test_resume_refuses_changed_config(tiny_model_dir, tmp_path, capsys):
     args = ["search", "--model", str(tiny_model_dir), "--out", str(out), "--resume", "--seed", "5"]
     for k, v in {**TINY, "iterations": 1}.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
+    saved = (out / "search.yaml").read_text()
     assert main(args) == 2
-    assert "different config" in capsys.readouterr().err
+    assert "--seed 0 -> 5" in capsys.readouterr().err
+    assert (out / "search.yaml").read_text() == saved
     assert main(["search", "--model", str(tiny_model_dir), "--out", str(out)]) == 2
     assert "already holds a search" in capsys.readouterr().err
     shutil.rmtree(out)

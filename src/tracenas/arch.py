@@ -12,10 +12,10 @@ MLP grid: multiples of 32 channels (the full width is always allowed).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracenas.config import parse_budget_spec
 from tracenas.errors import BudgetError, TracenasError
 from tracenas.models.adapter import ModelShape
 
@@ -185,24 +185,10 @@ class SearchSpace:
         }
 
 
-_SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-
-
 def parse_budget(budget: str | float | int, base: int) -> int:
-    text = str(budget).strip().upper().replace("_", "")
-    try:
-        if text and text[-1] in _SUFFIX:
-            return int(round(float(text[:-1]) * _SUFFIX[text[-1]]))
-        value = float(text)
-    except ValueError as err:
-        raise BudgetError(f"cannot parse budget {budget!r}: use a count like 81M / 2.7B or a fraction like 0.6") from err
-    if math.isnan(value) or value <= 0:
-        raise BudgetError(f"budget must be positive, got {budget!r}")
-    if value < 1:
-        return int(value * base)
-    if value == 1 and "." in text:
-        raise BudgetError("budget 1.0 keeps the whole model: nothing to prune")
-    return int(value)
+    """A budget (see `parse_budget_spec`) as a parameter count for a model of `base` parameters."""
+    kind, value = parse_budget_spec(budget)
+    return int(value * base) if kind == "fraction" else int(round(value))
 
 
 def format_count(n: int) -> str:

@@ -29,14 +29,21 @@ def _load(verb: str):
         raise
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (`tracenas VERB: error: ...`), not usage + error."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     from tracenas import __version__
 
-    parser = argparse.ArgumentParser(prog="tracenas", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="tracenas", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tracenas {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     handlers = {}
     for verb in VERBS:
         mod = _load(verb)
@@ -72,9 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     except TracenasError as err:
         print(f"tracenas {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # Disk full, a file-size limit, permissions: one line saying what the system said about which file.
+        # safetensors reports the same I/O failures as its own exception type, not OSError.
+        if not isinstance(err, OSError) and type(err).__module__.split(".")[0] not in ("safetensors",
+                                                                                       "safetensors_rust"):
+            raise
+        print(f"tracenas {args.verb}: error: {describe_io_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"tracenas {args.verb}: interrupted (state saved; rerun with --resume where supported)", file=sys.stderr)
+        print(f"tracenas {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def describe_io_error(err: Exception) -> str:
+    """`File too large: runs/x/history.jsonl`: an I/O failure as one line."""
+    what = getattr(err, "strerror", None) or (str(err).splitlines()[0] if str(err) else type(err).__name__)
+    where = getattr(err, "filename", None)
+    return f"{what}: {where}" if where else f"{what}"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import types
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tracenas.errors import TracenasError
+from tracenas.errors import BudgetError, TracenasError
 
 T = TypeVar("T")
 
@@ -52,6 +53,70 @@ def _str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a float that is a real number (`inf` and `nan` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+_SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+def parse_scaled(value: str | float | int) -> tuple[float, bool]:
+    """`"2.7B"` -> `(2.7e9, True)`, `"0.6"` -> `(0.6, False)`; `_` and `,` separators allowed.
+
+    Raises ValueError for text that is not a number and for `inf` / `nan`.
+    """
+    text = str(value).strip().upper().replace("_", "").replace(",", "")
+    suffixed = bool(text) and text[-1] in _SCALE
+    number = float(text[:-1]) * _SCALE[text[-1]] if suffixed else float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number, suffixed
+
+
+def parse_count(value: str | float | int | None, what: str = "count") -> int | None:
+    """`200000`, `2e9`, `"200k"`, `"20B"`, `"1.5M"` -> int; None stays None; one-line errors."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    try:
+        number, _ = parse_scaled(value)
+    except ValueError:
+        raise TracenasError(f"cannot read {what} from {value!r}: use a finite number like 200000, 200k, 2e9 "
+                            "or 20B") from None
+    return int(number)
+
+
+def parse_budget_spec(budget: str | float | int) -> tuple[str, float]:
+    """`("fraction", 0.6)` or `("count", 81e6)` from `0.6`, `81M`, `2.7B`, `123456`; one-line errors.
+
+    Needs no model, so a bad `--budget` is refused before anything is loaded.
+    """
+    hint = "use a count like 81M / 2.7B or a fraction of the base model like 0.6"
+    text = str(budget).strip().upper()
+    try:
+        value, suffixed = parse_scaled(budget)
+    except ValueError:
+        raise BudgetError(f"cannot parse budget {budget!r}: {hint}") from None
+    if value <= 0:
+        raise BudgetError(f"budget must be positive, got {budget!r}: {hint}")
+    is_count = suffixed or (value > 1 and ("E" in text or "." not in text))  # 1.5 is a fraction typo, 1.5E6 a count
+    if is_count:
+        if value < 1:
+            raise BudgetError(f"budget {budget!r} is less than one parameter: {hint}")
+        return "count", value
+    if value < 1:
+        return "fraction", value
+    if value == 1:
+        raise BudgetError(f"budget {budget!r} keeps the whole model: nothing to prune ({hint})")
+    raise BudgetError(f"budget {budget!r} is a fraction above 1: a fraction must be below 1 ({hint})")
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -70,7 +135,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             kw["nargs"] = "?"
             kw["const"] = True
             kw["metavar"] = "BOOL"
-        elif tp in (int, float, str):
+        elif tp is float:
+            kw["type"] = finite_float
+        elif tp in (int, str):
             kw["type"] = tp
         else:
             kw["type"] = str
@@ -113,6 +180,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes the file private; a result file is not
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -122,6 +190,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:

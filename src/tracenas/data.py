@@ -86,6 +86,20 @@ def load_documents(source: str | None = None, *, max_documents: int | None = Non
     return docs
 
 
+def check_source(source: str | None) -> None:
+    """Refuse (one line) a ``--data`` value that cannot be read, without reading or downloading it."""
+    if source is None or source == DEFAULT_DATA:
+        return
+    path = Path(source).expanduser()
+    if path.exists():
+        _local_files(path)
+    elif not _looks_like_hub_id(source):
+        raise DataError(
+            f"no such file or directory: {source!r} (expected {DEFAULT_DATA!r}, a .txt/.jsonl/.parquet "
+            "file or a directory of them, or a Hugging Face dataset id like owner/name[:config])"
+        )
+
+
 def _looks_like_hub_id(source: str) -> bool:
     # A missing "data/train.jsonl" also matches owner/name; a file suffix means the user meant a path.
     return bool(_HUB_ID.match(source)) and not source.lower().endswith(_LOCAL_SUFFIXES)
@@ -260,17 +274,36 @@ def split_documents(
     disjoint (even with duplicate documents), reproducible across runs and machines, and the same
     however ``docs`` is ordered. When that leaves a split with a positive fraction empty (tiny
     corpora), documents are instead dealt out by hash rank so that each such split gets at least
-    one document, given at least as many distinct documents as non-empty splits.
+    one document, given at least as many distinct documents as non-empty splits. With fewer
+    documents than that (a single ``.txt`` file, say), every document is cut by position instead:
+    its first ``fractions[0]`` of characters go to calibration, the next ``fractions[1]`` to
+    train and the rest to eval.
     """
     index = _split_index(split)
     bounds = _cumulative(fractions)
     hashes = {doc: _unit_hash(doc, seed) for doc in docs}
-    assignment = {doc: _bucket(u, bounds) for doc, u in hashes.items()}
     wanted = [i for i, frac in enumerate(fractions) if frac > 0]
+    if 0 < len(hashes) < len(wanted):
+        logger.warning("only %d distinct document(s): splitting each by position (%s of its text for "
+                       "calibration / train / eval) instead of by document", len(hashes),
+                       " / ".join(f"{f:.0%}" for f in fractions))
+        return [piece for doc in docs if (piece := _position_piece(doc, bounds, index).strip())]
+    assignment = {doc: _bucket(u, bounds) for doc, u in hashes.items()}
     used = set(assignment.values())
     if len(hashes) >= len(wanted) and not all(i in used for i in wanted):
         assignment = _assign_by_rank(hashes, fractions)
     return [doc for doc in docs if assignment[doc] == index]
+
+
+def _position_piece(doc: str, bounds: tuple[float, float], index: int) -> str:
+    """Part ``index`` of ``doc`` cut at the character fractions ``bounds``, each cut moved to a whitespace."""
+    cuts = [0]
+    for frac in bounds:
+        at = max(int(frac * len(doc)), cuts[-1])
+        space = doc.find(" ", at)
+        cuts.append(space if space != -1 else len(doc))
+    cuts.append(len(doc))
+    return doc[cuts[index]:cuts[index + 1]]
 
 
 def _split_index(split: str) -> int:

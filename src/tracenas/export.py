@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,12 @@ import torch
 from torch import nn
 
 from tracenas.arch import Genome, SearchSpace, format_count
+from tracenas.config import atomic_write_text
 from tracenas.errors import RunDirError, TracenasError, UnsupportedModelError
 from tracenas.masking import LayerSelection, selection_from_list, slice_model
 from tracenas.models.adapter import ModelAdapter, get_adapter
 from tracenas.models.remote import modeling_tracenas as remote
+from tracenas.rundir import install_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -273,34 +275,41 @@ def _check_writable(target: Path) -> Path:
         raise TracenasError(f"no write access to {parent}")
     if target.exists() and not target.is_dir():
         raise TracenasError(f"{target} exists and is not a directory")
+    _check_replaceable(target)
     return parent
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+# What an export (or a recovered model) may hold; a directory with anything else is not replaced.
+_EXPORT_FILES = re.compile(r"^(config\.json|generation_config\.json|README\.md|export\.yaml|" + re.escape(REMOTE_FILE)
+                           + r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|"
+                           r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|"
+                           r"chat_template\.(jinja|json)|vocab\.json|merges\.txt)$")
 
 
-def _install(tmp: Path, target: Path) -> None:
-    """Move the finished `tmp` into place; an existing target is swapped out only now."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / "x")
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old / "x", target)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _check_replaceable(target: Path) -> None:
+    """An existing `target` is replaced only if it is empty or a checkpoint that tracenas wrote: never a run
+    directory, a user's own files, or `.`."""
+    if not target.is_dir():
+        return
+    entries = sorted(os.listdir(target))
+    if not entries:
+        return
+    foreign = [e for e in entries if not _EXPORT_FILES.match(e)]
+    ours = False
+    if (target / "config.json").is_file():
+        try:
+            ours = "tracenas" in json.loads((target / "config.json").read_text())
+        except (OSError, ValueError):
+            ours = False
+    if foreign or not ours:
+        what = f"files tracenas did not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" \
+            if foreign else "a checkpoint tracenas did not write"
+        raise TracenasError(f"refusing to replace {target}: it holds {what}; choose another --out (an empty or "
+                            "new directory, or an earlier tracenas export)")
 
 
 def _write(model: nn.Module, tokenizer, target: Path, torch_dtype: torch.dtype, card: dict | None,
-           base_params: int | None, max_shard_size: int) -> Path:
+           base_params: int | None, max_shard_size: int, extra_files: dict[str, str] | None = None) -> Path:
     """Write `model` (owned: its dtype and config are changed) to `target` via a temporary directory."""
     import copy
 
@@ -312,11 +321,10 @@ def _write(model: nn.Module, tokenizer, target: Path, torch_dtype: torch.dtype, 
     base = base_params or model.config.tracenas.get("base_params") or params
     model.config.tracenas.update(params=params, base_params=base)
     try:
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.tmp-"))
+        tmp = staging_dir(target)
     except OSError as err:
         raise TracenasError(f"cannot write to {parent}: {err.strerror or err}") from err
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); the export is an ordinary dir
         _save_weights(model, tmp, max_shard_size)
         model.config.to_json_file(str(tmp / "config.json"), use_diff=False)
         gen = getattr(model, "generation_config", None)
@@ -330,11 +338,14 @@ def _write(model: nn.Module, tokenizer, target: Path, torch_dtype: torch.dtype, 
         if not uniform:
             shutil.copyfile(remote.__file__, tmp / REMOTE_FILE)
         (tmp / "README.md").write_text(model_card(model.config, params, base, card))
-        _install(tmp, target)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        install_dir(tmp, target)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise TracenasError(f"export to {target} failed: {err.strerror or err}") from err
+        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":  # disk full, file-size limit
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise TracenasError(f"export to {target} failed: {reason}") from err
         raise
     log.info("exported %s parameters (%.1f%% of base) to %s%s", format_count(params), 100 * params / base,
              target, "" if uniform else " (non-uniform: ships modeling_tracenas.py)")
@@ -358,7 +369,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *, dtyp
 
 def export_pruned(model: nn.Module, tokenizer, selection: list[LayerSelection], out_dir: str | os.PathLike, *,
                   dtype: str | torch.dtype = "float32", card: dict | None = None,
-                  max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> Path:
+                  max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, extra_files: dict[str, str] | None = None) -> Path:
     """Slice `model` to `selection` and write the checkpoint to `out_dir` (atomically). Returns the path.
 
     `model` is not modified. `card` entries (e.g. score, proxy, budget, source_model) go to README.md.
@@ -369,7 +380,7 @@ def export_pruned(model: nn.Module, tokenizer, selection: list[LayerSelection], 
     target = Path(out_dir).expanduser().absolute()
     _check_writable(target)
     small = slice_model(model, adapter, selection).eval()
-    return _write(small, tokenizer, target, torch_dtype, card, numel(model), max_shard_size)
+    return _write(small, tokenizer, target, torch_dtype, card, numel(model), max_shard_size, extra_files)
 
 
 # --- run directories ---------------------------------------------------------------------------------------
@@ -407,12 +418,18 @@ def source_spec(arch: dict) -> str | None:
 
 
 def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
-               out: str | os.PathLike | None = None, dtype: str = "float32") -> Path:
-    """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`)."""
+               out: str | os.PathLike | None = None, dtype: str = "float32", settings: dict | None = None) -> Path:
+    """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`).
+
+    `settings` (the resolved export options) are recorded as `export.yaml`: in RUN_DIR for the default
+    output, else inside the exported directory, so an export never writes into RUN_DIR when given `--out`.
+    """
+    import yaml
+
     from tracenas.models.loading import load_model
 
     run_dir = Path(run_dir)
-    if arch_path is None and not run_dir.is_dir():
+    if not run_dir.is_dir() and (arch_path is None or out is None):
         raise RunDirError(f"no such run directory: {run_dir}")
     arch = read_arch(arch_path or run_dir / "arch.json")
     try:
@@ -449,7 +466,12 @@ def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arc
     card = {"source_model": source.spec, "score": arch.get("score"), "proxy": arch.get("proxy"),
             "budget": arch.get("budget"), "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
             "run directory": str(run_dir.absolute())}
-    return export_pruned(model, tokenizer, selection, target, dtype=dtype, card=card)
+    record = yaml.safe_dump(dict(settings, output=str(target)), sort_keys=False) if settings is not None else None
+    inside = {"export.yaml": record} if record is not None and out is not None else None
+    path = export_pruned(model, tokenizer, selection, target, dtype=dtype, card=card, extra_files=inside)
+    if record is not None and out is None:
+        atomic_write_text(run_dir / "export.yaml", record)
+    return path
 
 
 def _load_tokenizer(source):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tracenas.config import atomic_write_json, opt, save_config
 from tracenas.errors import TracenasError
+from tracenas.rundir import RunDirGuard
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +88,22 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
     """Run every requested stage that is not complete yet; returns the report's data."""
     from tracenas.search.config import SearchConfig
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out).expanduser()
     stages = cfg.stage_list()
-    timings: dict[str, float] = {}
     search_cfg = SearchConfig(model=cfg.model, data=cfg.data, out=str(out), budget=cfg.budget, preset=cfg.preset,
                               strategy=cfg.strategy, proxy=cfg.proxy, seed=cfg.seed, device=cfg.device,
                               population=cfg.population, elites=cfg.elites, iterations=cfg.iterations,
                               num_sequences=cfg.num_sequences, seq_len=cfg.seq_len, rank=cfg.rank,
                               min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
+    # A failure before the search saved anything resumable leaves the disk as it was.
+    with RunDirGuard(out, resumable=lambda: (out / "search" / "state.json").exists()):
+        return _run_stages(cfg, search_cfg, out, stages, progress)
+
+
+def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progress: bool) -> dict:
     save_config(out, "run", cfg)
+    timings: dict[str, float] = {}
     iterations = 1 if cfg.strategy == "uniform" else search_cfg.iterations
 
     if "search" in stages:

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracenas.config import add_arguments, from_args, load_yaml, opt, save_config
+from tracenas.config import add_arguments, from_args, load_yaml, opt, to_dict
 
 NAME = "export"
 HELP = "export a search run's architecture (arch.json) as a Hugging Face checkpoint"
@@ -20,7 +20,8 @@ class ExportConfig:
     run_dir: str = opt("", "run directory written by `tracenas search`", cli=False)
     arch: str | None = opt(None, "arch.json to export (default: RUN_DIR/arch.json)")
     model: str | None = opt(None, "base model: Hub id, directory or .gguf (default: the one recorded in arch.json)")
-    out: str | None = opt(None, "output directory (default: RUN_DIR/model); replaced atomically if it exists")
+    out: str | None = opt(None, "output directory (default: RUN_DIR/model); an earlier export there is replaced "
+                               "atomically, any other non-empty directory is refused")
     dtype: str = opt("float32", "dtype of the saved weights", choices=["float32", "bfloat16", "float16"])
 
 
@@ -34,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from tracenas.export import export_run
 
     cfg = from_args(ExportConfig, args, load_yaml(getattr(args, "config", None)))
-    path = export_run(cfg.run_dir, model_spec=cfg.model, arch_path=cfg.arch, out=cfg.out, dtype=cfg.dtype)
-    save_config(cfg.run_dir, "export", cfg, extra={"output": str(path)})
+    path = export_run(cfg.run_dir, model_spec=cfg.model, arch_path=cfg.arch, out=cfg.out, dtype=cfg.dtype,
+                      settings=to_dict(cfg))
     fields = json.loads((path / "config.json").read_text()).get("tracenas", {})
     params, base = fields.get("params"), fields.get("base_params")
     print(f"exported {path}")
@@ -46,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"  load: tracenas.export.load_pruned({str(path)!r})")
     print(f"     or AutoModelForCausalLM.from_pretrained({str(path)!r}"
           f"{', trust_remote_code=True' if remote else ''})")
-    print(f"  config: {Path(cfg.run_dir) / 'export.yaml'}")
+    print(f"  config: {(path if cfg.out else Path(cfg.run_dir)) / 'export.yaml'}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tracenas.arch import format_count
 from tracenas.config import add_arguments, from_args, load_yaml
@@ -18,10 +19,25 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracenas.search.runner import run_search
+    from pathlib import Path
 
-    cfg = from_args(SearchConfig, args, load_yaml(getattr(args, "config", None)))
-    res = run_search(cfg)
+    from tracenas.search.runner import STATE, run_search, saved_config
+
+    base = load_yaml(getattr(args, "config", None))
+    if getattr(args, "resume", False):
+        # Options left out of a resume are those the search was started with (flags still override, and a
+        # differing one is refused by run_search); `out` is the directory given now, so a moved run resumes.
+        out = getattr(args, "out", None) or base.get("out") or SearchConfig.out
+        base = {**saved_config(out), **base}
+    cfg = from_args(SearchConfig, args, base)
+    try:
+        res = run_search(cfg)
+    except KeyboardInterrupt:
+        state = Path(cfg.out) / STATE
+        print("tracenas search: interrupted; " + (f"rerun with --out {cfg.out} --resume to continue from the last "
+              "finished generation" if state.exists() else "no generation had finished, so nothing was kept"),
+              file=sys.stderr)
+        return 130
     b = res.best
     print(f"best {cfg.resolved().proxy} score {b.score:.4f} with {format_count(b.params)} parameters "
           f"({b.params / res.base_params:.1%} of {format_count(res.base_params)}; budget {format_count(res.budget)}), "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,13 +80,22 @@ def resolve_source(spec: str | os.PathLike | None) -> LoadedSource:
 def _read_config(source: LoadedSource):
     from transformers import AutoConfig
 
+    if source.gguf_file and importlib.util.find_spec("gguf") is None:
+        raise TracenasError(f"reading {source.gguf_file} needs the 'gguf' package: pip install gguf")
     try:
         return AutoConfig.from_pretrained(source.path, **source.kwargs())
-    except (OSError, ValueError, KeyError) as err:
-        if "gguf" in str(err).lower() and source.gguf_file:
-            raise TracenasError(f"cannot read GGUF {source.gguf_file}: {err}. Is the 'gguf' package installed?") from err
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise TracenasError(f"cannot load model config from {source.spec}: {msg}") from err
+    except Exception as err:  # noqa: BLE001 - a truncated GGUF raises struct.error, a garbage one ValueError...
+        if source.gguf_file:
+            raise TracenasError(f"cannot read GGUF file {Path(source.path) / source.gguf_file}: it is truncated or "
+                                f"not a GGUF model ({_first_line(err)})") from err
+        if not isinstance(err, (OSError, ValueError, KeyError)):
+            raise
+        raise TracenasError(f"cannot load model config from {source.spec}: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def check_supported(config) -> None:
@@ -131,9 +141,12 @@ def load_model(
         model = load_pruned(source.path, dtype=dtype, device=device)
     else:
         log.info("loading %s", source.spec)
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path, dtype=dtype, attn_implementation=attn_implementation, **source.kwargs()
-        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source.path, dtype=dtype, attn_implementation=attn_implementation, **source.kwargs()
+            )
+        except (OSError, ValueError, RuntimeError, struct.error, EOFError) as err:  # no/short/corrupt weights
+            raise TracenasError(f"cannot load the weights of {source.spec}: {_first_line(err)}") from err
         model.to(device)
     model.eval()
     # GGUF-loaded configs carry a quantization_config although the weights are now plain floats;

@@ -22,7 +22,8 @@ Everything below is importable from `tracenas.recover` itself.
 """
 
 from tracenas.recover.checkpoints import CHECKPOINTS
-from tracenas.recover.config import DTYPES, PRESETS, SCHEDULES, RecoverConfig, RecoverResult, parse_count
+from tracenas.config import parse_count
+from tracenas.recover.config import DTYPES, PRESETS, SCHEDULES, RecoverConfig, RecoverResult
 from tracenas.recover.losses import chunked_lm_loss
 from tracenas.recover.plots import plot_loss
 from tracenas.recover.runner import recover

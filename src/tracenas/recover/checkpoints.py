@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import nn
 
 from tracenas.errors import TracenasError
 from tracenas.recover.config import RecoverConfig
+from tracenas.rundir import install_dir
 
 _TRAJECTORY = ("data", "tokens", "seq_len", "micro_batch", "global_batch", "grad_accum", "lr", "schedule",
                "warmup_frac", "stable_frac", "decay_frac", "min_lr_ratio", "weight_decay", "max_grad_norm", "seed",
@@ -73,8 +73,7 @@ def _save_checkpoint(accelerator, wrapper: nn.Module, optimizer, out: Path, step
         if state:
             header["optimizer"] = _save_model_and_optimizer(model, state, tmp)
         (tmp / "state.json").write_text(json.dumps(header, indent=2) + "\n")  # last: marks the dir complete
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        install_dir(tmp, final)
         for _, old in _checkpoint_dirs(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -1,5 +1,5 @@
 """`RecoverConfig`: every knob of `tracenas recover`, its `quick` and `paper` presets and the batch
-arithmetic; `RecoverResult`, what a run did (OUT/recover.json); `parse_count` for --tokens."""
+arithmetic; `RecoverResult`, what a run did (OUT/recover.json)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from tracenas.config import opt, to_dict
+from tracenas.config import opt, parse_count, to_dict
 from tracenas.errors import TracenasError
 
 log = logging.getLogger("tracenas.recover")  # one logger for the package: log lines name it as before the split
@@ -24,20 +24,6 @@ PRESETS: dict[str, dict[str, Any]] = {
               "gradient_checkpointing": True, "save_every": 500},
 }
 # Fields that change the training trajectory: a checkpoint only resumes under the same values.
-
-
-def parse_count(value: float | str | None) -> int | None:
-    """`200000`, `2e9`, `"200k"`, `"20B"`, `"1.5M"` -> int (for --tokens)."""
-    if value is None or isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value)
-    text = value.strip().lower().replace("_", "").replace(",", "")
-    scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}.get(text[-1:], 1)
-    try:
-        return int(float(text[:-1] if scale > 1 else text) * scale)
-    except ValueError:
-        raise TracenasError(f"cannot read a token count from {value!r} (examples: 200000, 200k, 2e9, 20B)") from None
 
 
 @dataclass
@@ -83,7 +69,7 @@ class RecoverConfig:
     resume: bool = opt(False, "continue from the newest checkpoint in --out")
 
     def __post_init__(self) -> None:
-        self.tokens = parse_count(self.tokens)
+        self.tokens = parse_count(self.tokens, "a token count")
         if self.preset not in PRESETS:
             raise TracenasError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         for name, choices in (("schedule", SCHEDULES), ("dtype", DTYPES), ("save_dtype", DTYPES)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from tracenas.recover.config import RecoverConfig, RecoverResult
+from tracenas.rundir import install_dir, staging_dir
 
 
 def _checkpoint_dtype(source) -> torch.dtype:
@@ -46,24 +46,22 @@ def save_recovered(model: nn.Module, tokenizer, source, cfg: RecoverConfig, resu
         if src_dir is not None and (src_dir / "README.md").is_file():  # keep the export's model card
             (target / "README.md").write_text((src_dir / "README.md").read_text() + _recovery_note(cfg, result))
         return target
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    to_save = model if dtype == next(model.parameters()).dtype else copy.deepcopy(model).to(dtype)
-    to_save.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if src_dir is not None:  # remote code, model card, chat template... whatever the input shipped
-        skip = {"config.json", "generation_config.json", "model.safetensors.index.json"}
-        for f in src_dir.iterdir():
-            if f.is_file() and f.name not in skip and f.suffix not in (".safetensors", ".bin", ".gguf", ".pt") \
-                    and not (tmp / f.name).exists():
-                shutil.copy2(f, tmp / f.name)
-    readme = tmp / "README.md"
-    readme.write_text((readme.read_text() if readme.is_file() else f"# {target.name}\n") + _recovery_note(cfg, result))
-    old = target.parent / f".{target.name}.old"
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    tmp = staging_dir(target)
+    try:
+        to_save = model if dtype == next(model.parameters()).dtype else copy.deepcopy(model).to(dtype)
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if src_dir is not None:  # remote code, model card, chat template... whatever the input shipped
+            skip = {"config.json", "generation_config.json", "model.safetensors.index.json"}
+            for f in src_dir.iterdir():
+                if f.is_file() and f.name not in skip and f.suffix not in (".safetensors", ".bin", ".gguf", ".pt") \
+                        and not (tmp / f.name).exists():
+                    shutil.copy2(f, tmp / f.name)
+        readme = tmp / "README.md"
+        readme.write_text((readme.read_text() if readme.is_file() else f"# {target.name}\n") + _recovery_note(cfg, result))
+        install_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target

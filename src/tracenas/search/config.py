@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tracenas.config import opt
+from tracenas.config import opt, parse_budget_spec
 from tracenas.errors import TracenasError
 from tracenas.proxy import PROXIES
 
@@ -71,6 +71,23 @@ class SearchConfig:
             raise TracenasError("--init-depth-flips must be >= 0")
         if self.seq_len is not None and self.seq_len < 2:
             raise TracenasError("--seq-len must be at least 2")
+        parse_budget_spec(self.budget)
+        for name in ("crossover", "mutation_depth", "mutation_width"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise TracenasError(f"--{name.replace('_', '-')} is a probability: it must be in [0, 1], "
+                                    f"got {getattr(self, name)}")
+        if not 0 <= self.budget_tolerance < 1:
+            raise TracenasError(f"--budget-tolerance must be in [0, 1), got {self.budget_tolerance}")
+        if self.jitter_sigma < 0:
+            raise TracenasError(f"--jitter-sigma must be >= 0, got {self.jitter_sigma}")
+        if self.min_layers is not None and self.min_layers < 1:
+            raise TracenasError(f"--min-layers must be at least 1, got {self.min_layers}")
+        preset = PRESETS[self.preset]
+        population = self.population if self.population is not None else preset["population"]
+        elites = self.elites if self.elites is not None else preset["elites"]
+        if self.strategy != "uniform" and elites >= population:
+            raise TracenasError(f"--elites ({elites}) must be smaller than --population ({population}): "
+                                "every generation needs room for new candidates")
 
     def prior_power_list(self) -> tuple[float, ...]:
         try:

@@ -31,6 +31,7 @@ from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_json, atomic_write_text, save_config
 from tracenas.device import resolve_device, resolve_dtype
 from tracenas.errors import RunDirError, TracenasError
+from tracenas.rundir import RunDirGuard
 from tracenas.masking import Importance, compute_importance, select, selection_to_list
 from tracenas.proxy import GRADIENT_PROXIES, Scorer, TraceProbes
 from tracenas.search.config import SearchConfig
@@ -62,34 +63,45 @@ def _attach_log(out: Path, name: str) -> logging.Handler:
     return handler
 
 
-def _config_for_compare(cfg: SearchConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    d.pop("resume", None)
-    d.pop("iterations", None)  # a resumed search may be extended by more generations
-    return d
+_MAY_CHANGE_ON_RESUME = ("resume", "iterations", "out")  # a resumed search may be extended, or moved
 
 
-def _prepare_out(cfg: SearchConfig, out: Path) -> bool:
-    """Create/check the run directory; returns True when resuming."""
-    state = out / STATE
-    if cfg.resume:
-        if not state.exists():
-            raise RunDirError(f"--resume: no saved search in {out} (missing {STATE})")
-        saved_path = out / "search.yaml"
-        if saved_path.exists():
-            saved = yaml.safe_load(saved_path.read_text()) or {}
-            saved.pop("resume", None)
-            now = _config_for_compare(cfg)
-            # fields left None are resolved at run time (e.g. min_layers = half the blocks): not a change
-            diff = sorted(k for k in now if k in saved and now[k] is not None and saved[k] != now[k])
-            if diff:
-                raise RunDirError(f"--resume with a different config than the saved one: {', '.join(diff)} "
-                                  f"(to reuse the saved settings: --config {saved_path} --resume)")
-        return True
-    if state.exists():
+def saved_config(out: str | os.PathLike) -> dict:
+    """The options a search in `out` was started with (its `search.yaml`), minus those a resume may change."""
+    path = Path(out) / "search.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise RunDirError(f"cannot read {path}: {err}") from err
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{path} is corrupt: expected a mapping of option: value")
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    return {k: v for k, v in saved.items() if k in names and k not in _MAY_CHANGE_ON_RESUME}
+
+
+def resume_config(cfg: SearchConfig, out: Path) -> SearchConfig:
+    """`cfg` for resuming the search in `out`: options left unset (None) come from the saved config; a set
+    option that differs from it is refused, so a resume never silently changes the search it continues."""
+    if not (out / STATE).exists():
+        raise RunDirError(f"--resume: no saved search in {out} (missing {STATE}); start it without --resume")
+    saved = saved_config(out)
+    values = dataclasses.asdict(cfg)
+    values.update({k: v for k, v in saved.items() if values.get(k) is None})
+    merged = SearchConfig(**values).resolved()
+    diff = [k for k, v in saved.items() if getattr(merged, k) != v]
+    if diff:
+        changes = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} -> {getattr(merged, k)!r}" for k in diff)
+        raise RunDirError(f"--resume with options that differ from the saved search ({changes}); leave them out "
+                          f"to continue it as it was started (`tracenas search --out {out} --resume`)")
+    return merged
+
+
+def _prepare_out(cfg: SearchConfig, out: Path) -> None:
+    """Refuse to start a new search over an existing one."""
+    if (out / STATE).exists():
         raise RunDirError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return False
 
 
 def _save_anchor(path: Path, importance: Importance, base: dict | None) -> None:
@@ -118,13 +130,14 @@ def _load_anchor(path: Path) -> tuple[Importance, dict]:
     return imp, base
 
 
-def _truncate_history(path: Path, n: int) -> None:
+def _truncate_jsonl(path: Path, n: int, required: bool = True) -> None:
+    """Keep the first `n` records of a JSONL file: those of the candidates the saved state knows."""
     if not path.exists():
-        if n:
+        if n and required:
             raise RunDirError(f"{path} is missing but the saved state records {n} candidates")
         return
     lines = path.read_text().splitlines(keepends=True)
-    if len(lines) < n:
+    if len(lines) < n and required:
         raise RunDirError(f"{path} has {len(lines)} records but the saved state expects {n}")
     atomic_write_text(path, "".join(lines[:n]))
 
@@ -132,11 +145,27 @@ def _truncate_history(path: Path, n: int) -> None:
 def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenizer=None, source=None) -> SearchResult:
     """Run (or resume) a search; everything it produces lands in `cfg.out`."""
     from tracenas import data as data_mod
+    from tracenas.models.loading import resolve_source
+
+    out = Path(cfg.out).expanduser()
+    resuming = cfg.resume
+    if resuming:
+        cfg = resume_config(cfg, out)
+    else:
+        cfg = cfg.resolved()
+        _prepare_out(cfg, out)
+    if model is None:
+        resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
+    data_mod.check_source(cfg.data)
+    with RunDirGuard(out, resumable=lambda: (out / STATE).exists()):
+        return _search(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
+
+
+def _search(cfg: SearchConfig, out: Path, resuming: bool, *, progress: bool, model, tokenizer,
+            source) -> SearchResult:
+    from tracenas import data as data_mod
     from tracenas.models import get_adapter, load_model
 
-    cfg = cfg.resolved()
-    out = Path(cfg.out)
-    resuming = _prepare_out(cfg, out)
     handler = _attach_log(out, "search")
     t_start = time.perf_counter()
     try:
@@ -149,7 +178,9 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
         min_layers = cfg.min_layers if cfg.min_layers is not None else max(1, shape.num_layers // 2)
         space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings)
         budget = space.resolve_budget(cfg.budget)
-        save_config(out, "search", dataclasses.replace(cfg, min_layers=min_layers))
+        cfg = dataclasses.replace(cfg, min_layers=min_layers)
+        if not resuming:  # a resume writes search.yaml only once the saved state has loaded
+            save_config(out, "search", cfg)
         log.info("budget %s of %s parameters (%s), %d blocks, min_layers=%d", format_count(budget),
                  format_count(space.base_params()), "embeddings included" if cfg.include_embeddings else
                  "embeddings excluded", shape.num_layers, min_layers)
@@ -192,7 +223,9 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
         if resuming:
             state = EvolutionState.from_dict(json.loads((out / STATE).read_text()))
             evo.load_state(state)
-            _truncate_history(history, state.history_len)
+            _truncate_jsonl(history, state.history_len)
+            _truncate_jsonl(timings, state.history_len, required=False)
+            save_config(out, "search", dataclasses.replace(cfg, resume=False))  # records an extended --iterations
             log.info("resuming after generation %d (%d candidates scored)", state.generation, state.history_len)
         else:
             for p in (history, timings):
@@ -225,9 +258,11 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
                      state.best_per_generation[-1], state.mean_per_generation[-1])
 
         evo.on_scored, evo.on_generation = on_scored, on_generation
-        best = evo.run()
-        if bar is not None:
-            bar.close()
+        try:
+            best = evo.run()
+        finally:  # also on an error, so that its message starts on a line of its own
+            if bar is not None:
+                bar.close()
         if probes is not None:
             probes.remove()
         if best is None:
