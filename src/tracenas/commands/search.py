@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from tracenas.arch import format_count
 from tracenas.config import add_arguments, from_args, load_yaml
 from tracenas.search.config import SearchConfig
 
@@ -18,6 +17,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tracenas.arch import format_count  # imports torch (through tracenas.models): only when running
     from tracenas.search.runner import run_search
 
     cfg = from_args(SearchConfig, args, load_yaml(getattr(args, "config", None)))
