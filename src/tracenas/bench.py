@@ -29,68 +29,18 @@ import logging
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from tracenas.config import atomic_write_json, opt
+from tracenas.bench_config import BenchConfig
+from tracenas.config import atomic_write_json
 from tracenas.errors import RunDirError, TracenasError
 
 log = logging.getLogger(__name__)
-
-GPU_DEFAULTS = {"prompt_len": 4096, "gen_len": 128, "trials": 20, "warmup": 3, "dtype": "bfloat16"}
-CPU_DEFAULTS = {"prompt_len": 256, "gen_len": 32, "trials": 5, "warmup": 1, "dtype": "float32"}
-
-
-@dataclass
-class BenchConfig:
-    """Settings of `tracenas bench`; None means the device's default (see the module docstring)."""
-
-    base: str | None = opt(None, "base model to compare with (default: the one recorded in the run's arch.json)")
-    out: str | None = opt(None, "where to write bench.json: a file or a directory (default: RUN_DIR/bench.json, or "
-                                "MODEL_DIR.bench.json beside a model directory outside a run directory)")
-    prompt_len: int | None = opt(None, "prompt tokens (default 4096 on GPU, 256 on CPU)")
-    gen_len: int | None = opt(None, "new tokens per call, at least 2 (default 128 on GPU, 32 on CPU)")
-    trials: int | None = opt(None, "timed calls per model; medians are reported (default 20 GPU, 5 CPU)")
-    warmup: int | None = opt(None, "untimed calls first (default 3 GPU, 1 CPU)")
-    batch_size: int = opt(1, "prompts per call")
-    device: str = opt("auto", "cuda, cuda:N, cpu or auto (cuda when available)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bfloat16 on GPU, float32 on CPU)",
-                     choices=["auto", "float32", "bfloat16", "float16"])
-    attn_implementation: str = opt("sdpa", "attention kernel for both models", choices=["sdpa", "eager"])
-    seed: int = opt(0, "seed of the random prompt")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice); fix it for comparable runs")
-
-    def __post_init__(self) -> None:
-        for name in ("prompt_len", "trials"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TracenasError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.gen_len is not None and self.gen_len < 2:
-            raise TracenasError(f"--gen-len must be at least 2 (TPOT needs two tokens), got {self.gen_len}")
-        if self.warmup is not None and self.warmup < 0:
-            raise TracenasError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.threads is not None and self.threads < 1:
-            raise TracenasError(f"--threads must be at least 1, got {self.threads}")
-        if self.batch_size < 1:
-            raise TracenasError(f"--batch-size must be at least 1, got {self.batch_size}")
-
-    def resolved(self) -> BenchConfig:
-        """A copy with the device and every None replaced by the device's default."""
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise TracenasError(f"--device {device}: CUDA is not available here")
-        defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
-        values = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k))
-                  for k in ("prompt_len", "gen_len", "trials", "warmup")}
-        dtype = defaults["dtype"] if self.dtype == "auto" else self.dtype
-        return replace(self, device=device, dtype=dtype, **values)
-
 
 # --- memory ------------------------------------------------------------------------------------------------
 _PROC_STATUS = Path("/proc/self/status")
@@ -216,10 +166,7 @@ def measure(model: nn.Module, prompt: torch.Tensor, *, gen_len: int, trials: int
 
 # --- run directories ---------------------------------------------------------------------------------------
 def resolve_paths(model_dir: str | Path, base: str | None) -> tuple[Path, str | None, Path]:
-    """`(pruned model dir, base spec or None, default bench.json path)` for a run or model directory.
-
-    The default report path is RUN_DIR/bench.json, or MODEL_DIR.bench.json next to a model directory that is
-    not inside a run directory."""
+    """`(pruned model dir, base spec or None, default bench.json path)` for a run or model directory."""
     from tracenas.export import read_arch, source_spec
 
     path = Path(model_dir)
@@ -236,9 +183,7 @@ def resolve_paths(model_dir: str | Path, base: str | None) -> tuple[Path, str | 
         raise RunDirError(f"{path} is neither a run directory (arch.json) nor a model directory (config.json)")
     if base is None and run_dir is not None:
         base = source_spec(read_arch(run_dir / "arch.json"))
-    # Never into the checkpoint itself (it is what users ship); beside it when there is no run directory.
-    default_out = run_dir / "bench.json" if run_dir is not None else model.parent / f"{model.name}.bench.json"
-    return model, base, default_out
+    return model, base, (run_dir or model) / "bench.json"
 
 
 def _free(device: torch.device) -> None:

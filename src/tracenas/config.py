@@ -16,7 +16,7 @@ import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -25,8 +25,12 @@ from tracenas.errors import BudgetError, TracenasError
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with help text (and optional `choices=`)."""
+def opt(default: Any, help: str | Callable[[], str], **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with help text (and optional `choices=`).
+
+    `help` and `choices` may be zero-argument callables, read when a parser is built (`add_arguments`):
+    for lists that grow at run time, such as the registered proxies.
+    """
     meta = {"help": help, **kw}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: copy_default(default), metadata=meta)
@@ -117,6 +121,11 @@ def parse_budget_spec(budget: str | float | int) -> tuple[str, float]:
     raise BudgetError(f"budget {budget!r} is a fraction above 1: a fraction must be below 1 ({hint})")
 
 
+def _late(value: Any) -> Any:
+    """`value()` for a callable given to `opt` (evaluated now, at parser-build time), else `value`."""
+    return value() if callable(value) else value
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -124,12 +133,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             continue
         tp = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _late(f.metadata.get("help", ""))}
         default = f.default if f.default is not dataclasses.MISSING else None
         if default is not None and default != "":
             kw["help"] += f" (default: {default})"
         if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
+            kw["choices"] = _late(f.metadata["choices"])
         if tp is bool:
             kw["type"] = _str2bool
             kw["nargs"] = "?"

@@ -26,20 +26,14 @@ from torch.utils.checkpoint import checkpoint
 from tracenas.arch import Genome, SearchSpace
 from tracenas.masking import Importance, LayerSelection, head_rows, masked, select
 from tracenas.models.adapter import ATTN_PROJ, MLP_PROJ, ModelAdapter
+from tracenas.proxy_names import PROXY_HELP, add_proxy_name, proxy_names
 
 log = logging.getLogger(__name__)
 
 GRADIENT_PROXIES = ("phi", "pearson", "cosine", "dot", "gradnorm")
-PROXIES = GRADIENT_PROXIES + ("params", "synflow")
-PROXY_HELP = {
-    "phi": "sparsity-weighted Pearson correlation of LoRA-B gradient traces (TraceNAS)",
-    "pearson": "unweighted sum of per-sub-block Pearson correlations (ablation)",
-    "cosine": "sparsity-weighted cosine similarity of traces (ablation)",
-    "dot": "sparsity-weighted dot product of traces (ablation)",
-    "gradnorm": "L2 norm of the candidate's trace (GradNorm)",
-    "params": "parameter count (#Params)",
-    "synflow": "synaptic saliency sum |W * dR/dW| on |W| with R = sum of final hidden states (SynFlow)",
-}
+# Every selectable name (the zero-cost ones are implemented in tracenas.zero_cost, imported at the end);
+# register_proxy keeps it in step with the torch-free registry the CLI reads.
+PROXIES = proxy_names()
 
 Traces = dict[tuple[int, str], torch.Tensor]
 
@@ -49,18 +43,21 @@ CUSTOM_PROXIES: dict[str, Callable] = {}
 CUSTOM_PREPARE: dict[str, Callable] = {}
 
 
-def register_proxy(name: str, fn: Callable, help: str, prepare: Callable | None = None) -> None:  # noqa: A002
+def register_proxy(name: str, fn: Callable, help: str | None = None,  # noqa: A002
+                   prepare: Callable | None = None) -> None:
     """Make a proxy selectable by name everywhere (`--proxy NAME`, validate-proxy).
 
+    `help` describes it; it may be left out only for the built-in names of `tracenas.proxy_names`.
     `prepare(scorer)`, if given, runs once on the unmasked model when a `Scorer` for it is built.
     """
     global PROXIES
+    if help is None and name not in PROXY_HELP:
+        raise ValueError(f"register_proxy({name!r}) needs a help text")
     CUSTOM_PROXIES[name] = fn
     if prepare is not None:
         CUSTOM_PREPARE[name] = prepare
-    PROXY_HELP[name] = help
-    if name not in PROXIES:
-        PROXIES = PROXIES + (name,)
+    add_proxy_name(name, PROXY_HELP[name] if help is None else help)
+    PROXIES = proxy_names()
 
 
 def available_proxies() -> tuple[str, ...]:

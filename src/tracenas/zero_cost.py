@@ -337,13 +337,11 @@ def prepare_kl(scorer) -> None:
     prepare_reference(scorer.model, scorer.adapter, scorer.batches, scorer.micro_batch)
 
 
-register_proxy("naswot", naswot_proxy, "NASWOT: log-det of the Hamming kernel of MLP gate codes over calibration "
-                                       "tokens (kept channels of kept blocks)")
-register_proxy("zico", zico_proxy, "ZiCo: sum over kept projections of log sum E|g|/std(g) of per-sequence "
-                                   "LoRA-B traces")
-register_proxy("ppl", ppl_proxy, "calibration perplexity (forward only): score = -mean NLL")
-register_proxy("kl", kl_proxy, "KL(base || candidate) of next-token distributions on calibration tokens: "
-                               "score = -KL (base outputs cached by zero_cost.prepare_reference)", prepare=prepare_kl)
+# Descriptions: tracenas.proxy_names (read by the CLI without importing torch).
+register_proxy("naswot", naswot_proxy)
+register_proxy("zico", zico_proxy)
+register_proxy("ppl", ppl_proxy)
+register_proxy("kl", kl_proxy, prepare=prepare_kl)
 
 
 __all__ = ["ZERO_COST_PROXIES", "ForwardReference", "ZicoAccumulator", "forward_stats", "get_reference",

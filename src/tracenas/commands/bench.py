@@ -11,7 +11,7 @@ HELP = "time to first token, time per output token, throughput and peak memory: 
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from tracenas.bench import BenchConfig
+    from tracenas.bench_config import BenchConfig
 
     parser.add_argument("model_dir", metavar="MODEL_DIR",
                         help="exported model directory, or a run directory (uses RUN_DIR/model)")
@@ -48,7 +48,8 @@ def format_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracenas.bench import BenchConfig, run_bench
+    from tracenas.bench import run_bench
+    from tracenas.bench_config import BenchConfig
 
     cfg = from_args(BenchConfig, args, load_yaml(getattr(args, "config", None)))
     report = run_bench(args.model_dir, cfg)

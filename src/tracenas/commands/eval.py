@@ -12,7 +12,7 @@ HELP = "perplexity on the held-out split and lm-evaluation-harness tasks (local 
 
 
 def _config_class():
-    from tracenas.evaluate import EvalConfig
+    from tracenas.eval_config import EvalConfig
 
     return EvalConfig
 

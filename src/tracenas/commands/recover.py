@@ -20,7 +20,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_class():
-    from tracenas.recover import RecoverConfig
+    from tracenas.recover.config import RecoverConfig
 
     return RecoverConfig
 

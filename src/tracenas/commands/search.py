@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tracenas.arch import format_count
 from tracenas.config import add_arguments, from_args, load_yaml
 from tracenas.search.config import SearchConfig
 
@@ -21,6 +20,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from tracenas.arch import format_count  # imports torch (through tracenas.models): only when running
     from tracenas.search.runner import STATE, run_search, saved_config
 
     base = load_yaml(getattr(args, "config", None))

@@ -11,7 +11,7 @@ HELP = "score sampled pruned candidates with every proxy and correlate with thei
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from tracenas.validate import ValidateConfig
+    from tracenas.validate.config import ValidateConfig
 
     parser.add_argument("--config", metavar="YAML", help="read options from a YAML file (flags override it)")
     add_arguments(parser, ValidateConfig)

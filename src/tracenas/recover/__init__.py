@@ -21,15 +21,39 @@ bit-identical weights on CPU. See docs/recovery.md for the presets and the outpu
 Everything below is importable from `tracenas.recover` itself.
 """
 
-from tracenas.recover.checkpoints import CHECKPOINTS
-from tracenas.config import parse_count
-from tracenas.recover.config import DTYPES, PRESETS, SCHEDULES, RecoverConfig, RecoverResult
-from tracenas.recover.losses import chunked_lm_loss
-from tracenas.recover.plots import plot_loss
-from tracenas.recover.runner import recover
-from tracenas.recover.save import save_recovered
-from tracenas.recover.schedule import lr_at, param_groups
-from tracenas.recover.windows import TrainWindows
+from __future__ import annotations
 
-__all__ = ["CHECKPOINTS", "DTYPES", "PRESETS", "SCHEDULES", "RecoverConfig", "RecoverResult", "TrainWindows",
-           "chunked_lm_loss", "lr_at", "param_groups", "parse_count", "plot_loss", "recover", "save_recovered"]
+import importlib
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "CHECKPOINTS": "checkpoints",
+    "DTYPES": "config",
+    "PRESETS": "config",
+    "SCHEDULES": "config",
+    "RecoverConfig": "config",
+    "RecoverResult": "config",
+    "parse_count": "config",
+    "chunked_lm_loss": "losses",
+    "plot_loss": "plots",
+    "recover": "runner",
+    "save_recovered": "save",
+    "lr_at": "schedule",
+    "param_groups": "schedule",
+    "TrainWindows": "windows",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy (PEP 562), so that `tracenas recover --help` reads `tracenas.recover.config` without importing torch.
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tracenas.config import opt, parse_budget_spec
 from tracenas.errors import TracenasError
-from tracenas.proxy import PROXIES
+from tracenas.proxy_names import proxy_names
 
 PRESETS: dict[str, dict] = {
     # Paper Table 5 / Sec. 4.1: 16 x 4096 calibration tokens, population 30, 10 elites, 50 iterations.
@@ -31,8 +31,9 @@ class SearchConfig:
     preset: str = opt("quick", "settings bundle; explicit flags override it", choices=tuple(PRESETS))
     strategy: str = opt("evolution", "evolution (TraceNAS), uniform (same ratio everywhere) or random (random search, "
                         "same candidate budget)", choices=("evolution", "uniform", "random"))
-    proxy: str | None = opt(None, "candidate score (preset: kl for quick, phi for paper): " + ", ".join(PROXIES),
-                            choices=PROXIES)
+    # help and choices are read when the parser is built, so proxies registered later are listed too
+    proxy: str | None = opt(None, lambda: "candidate score (preset: kl for quick, phi for paper): "
+                            + ", ".join(proxy_names()), choices=proxy_names)
     num_sequences: int | None = opt(None, "calibration sequences (paper: 16)")
     seq_len: int | None = opt(None, "tokens per calibration sequence (paper: 4096)")
     rank: int | None = opt(None, "LoRA probe rank r of the gradient traces (paper: 64)")
@@ -59,8 +60,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise TracenasError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        if self.proxy is not None and self.proxy not in PROXIES:
-            raise TracenasError(f"unknown proxy {self.proxy!r}; choose from {', '.join(PROXIES)}")
+        if self.proxy is not None and self.proxy not in proxy_names():
+            raise TracenasError(f"unknown proxy {self.proxy!r}; choose from {', '.join(proxy_names())}")
         for name in ("num_sequences", "seq_len", "rank", "population", "elites", "iterations", "micro_batch",
                      "loss_chunk"):
             value = getattr(self, name)

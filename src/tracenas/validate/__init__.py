@@ -9,27 +9,54 @@ pruned candidates like their held-out perplexity after an equal short recovery?
 Everything below is importable from `tracenas.validate` itself.
 """
 
-from tracenas.validate.candidates import sample_candidates
-from tracenas.validate.config import (
-    BUILTIN,
-    FAMILIES,
-    FORWARD_PROXIES,
-    LABELS,
-    PRESETS,
-    TRACE_PROXIES,
-    VARIANTS,
-    ValidateConfig,
-    ValidationResult,
-)
-from tracenas.validate.records import Records, append_record, read_records, repair_tail
-from tracenas.validate.report import format_sweep, format_table, plot_scatter, plot_sweep, write_reports
-from tracenas.validate.runner import proxy_names, run_validation
-from tracenas.validate.scoring import SeedContext, Validator, variant_scores
-from tracenas.validate.stats import rank_correlations, summarize, summarize_sweep
-from tracenas.validate.truth import ground_truth, short_recover
+from __future__ import annotations
 
-__all__ = ["BUILTIN", "FAMILIES", "FORWARD_PROXIES", "LABELS", "PRESETS", "TRACE_PROXIES", "VARIANTS", "Records",
-           "SeedContext", "ValidateConfig", "ValidationResult", "Validator", "append_record", "format_sweep",
-           "format_table", "ground_truth", "plot_scatter", "plot_sweep", "proxy_names", "rank_correlations",
-           "read_records", "repair_tail", "run_validation", "sample_candidates", "short_recover", "summarize",
-           "summarize_sweep", "variant_scores", "write_reports"]
+import importlib
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "sample_candidates": "candidates",
+    "BUILTIN": "config",
+    "FAMILIES": "config",
+    "FORWARD_PROXIES": "config",
+    "LABELS": "config",
+    "PRESETS": "config",
+    "TRACE_PROXIES": "config",
+    "VARIANTS": "config",
+    "ValidateConfig": "config",
+    "ValidationResult": "config",
+    "Records": "records",
+    "append_record": "records",
+    "read_records": "records",
+    "repair_tail": "records",
+    "format_sweep": "report",
+    "format_table": "report",
+    "plot_scatter": "report",
+    "plot_sweep": "report",
+    "write_reports": "report",
+    "proxy_names": "runner",
+    "run_validation": "runner",
+    "SeedContext": "scoring",
+    "Validator": "scoring",
+    "variant_scores": "scoring",
+    "rank_correlations": "stats",
+    "summarize": "stats",
+    "summarize_sweep": "stats",
+    "ground_truth": "truth",
+    "short_recover": "truth",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy (PEP 562), so that `tracenas validate-proxy --help` reads `tracenas.validate.config` without importing torch.
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
