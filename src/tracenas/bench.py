@@ -166,7 +166,10 @@ def measure(model: nn.Module, prompt: torch.Tensor, *, gen_len: int, trials: int
 
 # --- run directories ---------------------------------------------------------------------------------------
 def resolve_paths(model_dir: str | Path, base: str | None) -> tuple[Path, str | None, Path]:
-    """`(pruned model dir, base spec or None, default bench.json path)` for a run or model directory."""
+    """`(pruned model dir, base spec or None, default bench.json path)` for a run or model directory.
+
+    The default report path is RUN_DIR/bench.json, or MODEL_DIR.bench.json next to a model directory that is
+    not inside a run directory."""
     from tracenas.export import read_arch, source_spec
 
     path = Path(model_dir)
@@ -183,7 +186,9 @@ def resolve_paths(model_dir: str | Path, base: str | None) -> tuple[Path, str | 
         raise RunDirError(f"{path} is neither a run directory (arch.json) nor a model directory (config.json)")
     if base is None and run_dir is not None:
         base = source_spec(read_arch(run_dir / "arch.json"))
-    return model, base, (run_dir or model) / "bench.json"
+    # Never into the checkpoint itself (it is what users ship); beside it when there is no run directory.
+    default_out = run_dir / "bench.json" if run_dir is not None else model.parent / f"{model.name}.bench.json"
+    return model, base, default_out
 
 
 def _free(device: torch.device) -> None:
