@@ -13,7 +13,7 @@ __all__ = ["load_pruned", "__version__"]
 def __getattr__(name: str):
     # Lazy, so that `import tracenas` (and the CLI's --help) does not import torch.
     if name == "load_pruned":
-        from tracenas.export import load_pruned
+        from tracenas.models.pruned import load_pruned
 
         return load_pruned
     raise AttributeError(f"module 'tracenas' has no attribute {name!r}")

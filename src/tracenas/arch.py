@@ -12,11 +12,13 @@ MLP grid: multiples of 32 channels (the full width is always allowed).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tracenas.config import parse_budget_spec
-from tracenas.errors import BudgetError, TracenasError
+from tracenas.errors import BudgetError, RunDirError, TracenasError
 from tracenas.models.adapter import ModelShape
 
 MLP_MULTIPLE = 32
@@ -217,14 +219,49 @@ class ArchFile:
         d.update(self.extra)
         return json.dumps(d, indent=2)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of `arch.json` (what `to_json` writes)."""
+        return json.loads(self.to_json())
+
     @classmethod
-    def from_json(cls, text: str) -> "ArchFile":
-        try:
-            d = json.loads(text)
-            arch = {k: d[k] for k in ("genome", "layers", "num_layers_kept", "params", "params_without_embeddings",
-                                      "base_params")}
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise TracenasError(f"malformed arch.json: {err}") from err
-        known = set(arch) | {"model", "score", "proxy", "budget"}
-        return cls(d.get("model", {}), arch, d.get("score"), d.get("proxy"), d.get("budget"),
+    def from_dict(cls, d: dict[str, Any]) -> "ArchFile":
+        arch = {k: d[k] for k in ARCH_KEYS if k in d}
+        known = set(ARCH_KEYS) | {"model", "score", "proxy", "budget"}
+        return cls(d.get("model") or {}, arch, d.get("score"), d.get("proxy"), d.get("budget"),
                    {k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ArchFile":
+        """The one reader of `arch.json` (a run directory or the file), with one-line errors."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "arch.json"
+        if not path.is_file():
+            raise RunDirError(f"no {path.name} in {path.parent} (run `tracenas search` first, or pass --arch)")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RunDirError(f"{path} is corrupt: {err}") from err
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path} is corrupt: expected a JSON object")
+        missing = [k for k in ("genome", "selection") if k not in data]
+        if missing:
+            raise RunDirError(f"{path} lacks {', '.join(missing)} (written by an incomplete or older search?)")
+        return cls.from_dict(data)
+
+    def source_spec(self) -> str | None:
+        """The base model to load: the embedded default by name, else the recorded path where it still
+        exists, else the spec as the user gave it (a Hub id, or a path relative to the cwd)."""
+        from tracenas.models.loading import DEFAULT_MODEL
+
+        spec, path, gguf = self.model.get("spec"), self.model.get("path"), self.model.get("gguf_file")
+        if spec == DEFAULT_MODEL:
+            return spec
+        if path and gguf and (Path(path) / gguf).is_file():
+            return str(Path(path) / gguf)
+        if path and (Path(path) / "config.json").is_file():
+            return str(path)
+        return spec or path
+
+
+ARCH_KEYS = ("genome", "layers", "num_layers_kept", "params", "params_without_embeddings", "base_params")

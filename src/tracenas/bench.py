@@ -170,7 +170,7 @@ def resolve_paths(model_dir: str | Path, base: str | None) -> tuple[Path, str | 
 
     The default report path is RUN_DIR/bench.json, or MODEL_DIR.bench.json next to a model directory that is
     not inside a run directory."""
-    from tracenas.export import read_arch, source_spec
+    from tracenas.arch import ArchFile
 
     path = Path(model_dir)
     if not path.exists():
@@ -185,7 +185,7 @@ def resolve_paths(model_dir: str | Path, base: str | None) -> tuple[Path, str | 
     else:
         raise RunDirError(f"{path} is neither a run directory (arch.json) nor a model directory (config.json)")
     if base is None and run_dir is not None:
-        base = source_spec(read_arch(run_dir / "arch.json"))
+        base = ArchFile.read(run_dir).source_spec()
     # Never into the checkpoint itself (it is what users ship); beside it when there is no run directory.
     default_out = run_dir / "bench.json" if run_dir is not None else model.parent / f"{model.name}.bench.json"
     return model, base, default_out
@@ -213,7 +213,8 @@ def run_bench(model_dir: str | Path, cfg: BenchConfig | None = None) -> dict[str
 def _run(cfg: BenchConfig, model_path: Path, base_spec: str | None, default_out: Path) -> dict[str, Any]:
     import transformers
 
-    from tracenas.export import load_pruned, to_torch_dtype
+    from tracenas.device import to_torch_dtype
+    from tracenas.models.pruned import load_pruned
     from tracenas.models.loading import load_model
 
     device = torch.device(cfg.device)

@@ -50,13 +50,10 @@ class BenchConfig:
 
     def resolved(self) -> BenchConfig:
         """A copy with the device and every None replaced by the device's default."""
-        import torch  # here, not at the top: the CLI builds its parser from this module without torch
+        # here, not at the top: the CLI builds its parser from this module without torch
+        from tracenas.device import resolve_device
 
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise TracenasError(f"--device {device}: CUDA is not available here")
+        device = str(resolve_device(self.device))
         defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
         values = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k))
                   for k in ("prompt_len", "gen_len", "trials", "warmup")}

@@ -1,4 +1,4 @@
-"""`--device` / `--dtype` / `--threads` values ("auto", "cuda:1", "bfloat16", 4, ...) -> torch settings, with clear errors."""
+"""The one place that turns `--device` / `--dtype` / `--threads` values ("auto", "cuda:1", "bfloat16", 4, ...) -> torch settings, with clear errors."""
 
 from __future__ import annotations
 
@@ -19,10 +19,28 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def to_torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """`"bfloat16"`, `"bf16"`, `"torch.float16"`, a `torch.dtype`... -> the `torch.dtype`; one-line error otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower().replace("torch.", "")]
+    except KeyError:
+        raise TracenasError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16") from None
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on a GPU and float32 on the CPU; anything else as `to_torch_dtype`."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return to_torch_dtype(dtype)
 
 
 def set_threads(threads: int | None) -> int:

@@ -33,11 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracenas.arch import Genome, SearchSpace, format_count
+from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_text
+from tracenas.device import to_torch_dtype
 from tracenas.errors import RunDirError, TracenasError, UnsupportedModelError
 from tracenas.masking import LayerSelection, selection_from_list, slice_model
 from tracenas.models.adapter import ModelAdapter, get_adapter
+from tracenas.models.pruned import load_pruned
 from tracenas.models.remote import modeling_tracenas as remote
 from tracenas.rundir import install_dir, staging_dir
 
@@ -49,21 +51,7 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 REMOTE_FILE = "modeling_tracenas.py"
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3  # bytes, as transformers does
 
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
 STOCK_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
-
-
-def to_torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower().replace("torch.", "")]
-    except KeyError:
-        raise TracenasError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16") from None
 
 
 def numel(model: nn.Module) -> int:
@@ -384,39 +372,6 @@ def export_pruned(model: nn.Module, tokenizer, selection: list[LayerSelection], 
 
 
 # --- run directories ---------------------------------------------------------------------------------------
-def read_arch(path: str | os.PathLike) -> dict:
-    """`arch.json` as a dict, with one-line errors for a missing or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunDirError(f"no {path.name} in {path.parent} (run `tracenas search` first, or pass --arch)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{path} is corrupt: {err}") from err
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path} is corrupt: expected a JSON object")
-    missing = [k for k in ("genome", "selection") if k not in data]
-    if missing:
-        raise RunDirError(f"{path} lacks {', '.join(missing)} (written by an incomplete or older search?)")
-    return data
-
-
-def source_spec(arch: dict) -> str | None:
-    """The base model to load for an arch.json: the embedded default by name, else the recorded path
-    where it still exists, else the spec as the user gave it (a Hub id, or a path relative to the cwd)."""
-    from tracenas.models.loading import DEFAULT_MODEL
-
-    m = arch.get("model") or {}
-    spec, path, gguf = m.get("spec"), m.get("path"), m.get("gguf_file")
-    if spec == DEFAULT_MODEL:
-        return spec
-    if path and gguf and (Path(path) / gguf).is_file():
-        return str(Path(path) / gguf)
-    if path and (Path(path) / "config.json").is_file():
-        return str(path)
-    return spec or path
-
-
 def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
                out: str | os.PathLike | None = None, dtype: str = "float32", settings: dict | None = None) -> Path:
     """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`).
@@ -431,7 +386,8 @@ def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arc
     run_dir = Path(run_dir)
     if not run_dir.is_dir() and (arch_path is None or out is None):
         raise RunDirError(f"no such run directory: {run_dir}")
-    arch = read_arch(arch_path or run_dir / "arch.json")
+    arch_file = ArchFile.read(arch_path or run_dir / "arch.json")
+    arch = arch_file.to_dict()
     try:
         genome = Genome.from_dict(arch["genome"])
         selection = selection_from_list(arch["selection"])
@@ -440,7 +396,7 @@ def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arc
     to_torch_dtype(dtype)
     target = Path(out) if out is not None else run_dir / "model"
     _check_writable(target.expanduser().absolute())
-    spec = model_spec or source_spec(arch)
+    spec = model_spec or arch_file.source_spec()
     log.info("loading base model %s", spec or "(default)")
     model, _, source = load_model(spec, dtype=torch.float32, device="cpu", with_tokenizer=False)
     adapter = get_adapter(model)
@@ -485,32 +441,5 @@ def _load_tokenizer(source):
         return None
 
 
-# --- loading -----------------------------------------------------------------------------------------------
-def load_pruned(path: str | os.PathLike, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
-                *, attn_implementation: str | None = None) -> nn.Module:
-    """Load an exported checkpoint (uniform or not) in eval mode; `dtype=None` keeps the stored dtype."""
-    from transformers import AutoConfig
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise TracenasError(f"{path} is not an exported model directory (no config.json)")
-    try:
-        config = AutoConfig.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise TracenasError(f"cannot read {path / 'config.json'}: {str(err).splitlines()[0]}") from err
-    cls = remote.CLASSES.get(config.model_type)
-    if cls is None:
-        raise UnsupportedModelError(f"model type {config.model_type!r} is not supported; "
-                                    f"supported: {', '.join(remote.CLASSES)}")
-    kwargs: dict[str, Any] = {"dtype": to_torch_dtype(dtype) if dtype is not None else "auto"}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = cls.from_pretrained(str(path), config=config, **kwargs)
-    except (OSError, RuntimeError, ValueError) as err:
-        raise TracenasError(f"cannot load {path}: {str(err).splitlines()[0]}") from err
-    return model.to(device).eval()
-
-
 __all__ = ["check_genome", "check_layers", "check_selection", "export_pruned", "export_run", "load_pruned", "model_card",
-           "read_arch", "save_pruned", "source_spec"]
+           "save_pruned", "to_torch_dtype"]

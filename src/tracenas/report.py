@@ -12,6 +12,8 @@ from pathlib import Path
 
 import matplotlib
 
+from tracenas.arch import ArchFile
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -27,7 +29,7 @@ def plot_search(out: str | os.PathLike) -> list[Path]:
     """Draw the search's progress and the best candidate's per-layer retention."""
     out = Path(out)
     state = json.loads((out / "search" / "state.json").read_text())
-    arch = json.loads((out / "arch.json").read_text())
+    arch = ArchFile.read(out).to_dict()
     hist = _read_history(out)
     written = []
 
@@ -94,7 +96,7 @@ def _fmt_ppl(res: dict | None) -> str:
 def write_report(out: str | os.PathLike) -> dict:
     """Write `report.md` for a `tracenas run` directory from whatever stages have finished."""
     out = Path(out)
-    arch = _load(out / "arch.json")
+    arch = ArchFile.read(out).to_dict() if (out / "arch.json").exists() else None
     summary = _load(out / "search" / "summary.json")
     evals = {name: _load(out / "eval" / name / "results.json") for name in ("base", "pruned", "recovered")}
     rec = _load(out / "recover" / "recover.json")

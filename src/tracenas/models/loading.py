@@ -132,7 +132,7 @@ def load_model(
 ):
     """Load `(model, tokenizer, source)`; the model is in eval mode on `device`.
 
-    A tracenas-exported (pruned) directory is loaded through `tracenas.export.load_pruned`.
+    A tracenas-exported (pruned) directory is loaded through `tracenas.models.pruned.load_pruned`.
     """
     from transformers import AutoModelForCausalLM
 
@@ -143,7 +143,7 @@ def load_model(
     except UnsupportedModelError:
         raise
     if getattr(config, "tracenas", None):
-        from tracenas.export import load_pruned
+        from tracenas.models.pruned import load_pruned
 
         model = load_pruned(source.path, dtype=dtype, device=device)
     else:

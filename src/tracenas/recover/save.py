@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tracenas.device import DTYPES, to_torch_dtype
 from tracenas.recover.config import RecoverConfig, RecoverResult
 from tracenas.rundir import install_dir, staging_dir
 
@@ -20,7 +21,7 @@ def _checkpoint_dtype(source) -> torch.dtype:
         return torch.float32
     cfg = json.loads((Path(source.path) / "config.json").read_text())
     name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+    return DTYPES.get(name.replace("torch.", ""), torch.float32)
 
 
 def _recovery_note(cfg: RecoverConfig, result: RecoverResult) -> str:
@@ -34,8 +35,7 @@ def _recovery_note(cfg: RecoverConfig, result: RecoverResult) -> str:
 def save_recovered(model: nn.Module, tokenizer, source, cfg: RecoverConfig, result: RecoverResult, target: Path) -> Path:
     """Write the recovered model in the input's format: a tracenas-exported input stays one (its remote
     code and per-layer config included, via `export.save_pruned`), a plain HF input stays plain."""
-    dtype = ({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.save_dtype)
-             or _checkpoint_dtype(source))
+    dtype = _checkpoint_dtype(source) if cfg.save_dtype == "auto" else to_torch_dtype(cfg.save_dtype)
     src_dir = Path(source.path) if source is not None and not source.gguf_file and Path(source.path).is_dir() else None
     if getattr(model.config, "tracenas", None):
         from tracenas.export import save_pruned
