@@ -42,7 +42,7 @@ def save_tiny(path, kind: str = "llama-gqa", num_layers: int = 4):
 
 def make_tiny(kind: str, seed: int = 0, num_layers: int = 4):
     from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
     family, attn = kind.split("-")
     heads, kv = (4, 4) if attn == "mha" else (6, 2)
@@ -53,6 +53,8 @@ def make_tiny(kind: str, seed: int = 0, num_layers: int = 4):
     if family == "llama":
         cfg = LlamaConfig(**common, attention_bias=False)
         model = LlamaForCausalLM(cfg)
+    elif family == "qwen3":  # q_norm / k_norm on each head's head_dim
+        model = Qwen3ForCausalLM(Qwen3Config(**{**common, "tie_word_embeddings": False}))
     elif family == "mistral":
         model = MistralForCausalLM(MistralConfig(**{**common, "tie_word_embeddings": False}, sliding_window=None))
     else:

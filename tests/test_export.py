@@ -21,7 +21,7 @@ from tracenas.export import export_pruned, export_run, load_pruned
 from tracenas.masking import LayerSelection, compute_importance, masked, select, selection_to_list
 from tracenas.models import get_adapter
 
-KINDS = (*TINY_KINDS, "mistral-gqa")
+KINDS = (*TINY_KINDS, "mistral-gqa", "qwen3-gqa")
 PROMPT = [[3, 17, 42, 5, 99, 8, 61, 23]]
 GEN_TOKENS = 20
 

@@ -21,6 +21,21 @@ def random_genome(space: SearchSpace, rng: random.Random, drop: bool = True) -> 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_masked_logits_equal_sliced_logits(tiny_model, tiny_batches, seed):
+    check_masked_equals_sliced(tiny_model, tiny_batches, seed)
+
+
+@pytest.mark.parametrize("kind", ["qwen3-gqa", "qwen3-mha", "mistral-gqa"])
+def test_other_families_mask_and_slice_exactly(kind, tiny_batches):
+    """A family added as one adapter file (Qwen3: q/k norms per head_dim) is exact, counted and sliced."""
+    from conftest import make_tiny
+
+    model = make_tiny(kind)
+    assert SearchSpace(get_adapter(model).shape()).base_params() == sum(p.numel() for p in model.parameters())
+    for seed in (0, 1):
+        check_masked_equals_sliced(model, tiny_batches, seed)
+
+
+def check_masked_equals_sliced(tiny_model, tiny_batches, seed):
     adapter = get_adapter(tiny_model)
     space = SearchSpace(adapter.shape(), min_layers=1)
     imp = compute_importance(tiny_model, adapter, tiny_batches)

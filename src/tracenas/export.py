@@ -36,9 +36,9 @@ from torch import nn
 from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_text
 from tracenas.device import to_torch_dtype
-from tracenas.errors import RunDirError, TracenasError, UnsupportedModelError
+from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import LayerSelection, selection_from_list, slice_model
-from tracenas.models.adapter import ModelAdapter, get_adapter
+from tracenas.models.adapter import ModelAdapter, adapter_class_for, get_adapter
 from tracenas.models.pruned import load_pruned
 from tracenas.models.remote import modeling_tracenas as remote
 from tracenas.rundir import install_dir, staging_dir
@@ -50,9 +50,6 @@ WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 REMOTE_FILE = "modeling_tracenas.py"
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3  # bytes, as transformers does
-
-STOCK_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
-
 
 def numel(model: nn.Module) -> int:
     """Parameter count with tied weights counted once (what `parameters()` yields)."""
@@ -129,9 +126,7 @@ def _prepare_config(model: nn.Module, torch_dtype: torch.dtype, head_dim: int) -
     cfg = model.config
     fields = dict(cfg.tracenas)
     uniform = _is_uniform(fields)
-    family = cfg.model_type
-    if family not in remote.CLASSES:
-        raise UnsupportedModelError(f"cannot export model type {family!r}; supported: {', '.join(remote.CLASSES)}")
+    stock = adapter_class_for(cfg.model_type).stock_class  # one-line error for an unsupported family
     cfg.head_dim = head_dim  # pruned head counts must never change the head size
     if getattr(cfg, "quantization_config", None) is not None:
         try:
@@ -142,11 +137,11 @@ def _prepare_config(model: nn.Module, torch_dtype: torch.dtype, head_dim: int) -
         cfg.num_attention_heads = fields["num_attention_heads"][0]
         cfg.num_key_value_heads = fields["num_key_value_heads"][0]
         cfg.intermediate_size = fields["intermediate_size"][0]
-        cfg.architectures = [STOCK_CLASSES[family]]
+        cfg.architectures = [stock]
         if hasattr(cfg, "auto_map"):
             del cfg.auto_map
     else:
-        name = remote.CLASSES[family].__name__
+        name = remote.PREFIX + stock
         cfg.architectures = [name]
         cfg.auto_map = {"AutoModelForCausalLM": f"modeling_tracenas.{name}"}
     fields.update(format_version=FORMAT_VERSION, uniform=uniform)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.models.adapter import ModelAdapter
+from tracenas.models.adapter import ModelAdapter, ModelShape
 
 
 @dataclass
@@ -213,27 +213,27 @@ def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.
     return new
 
 
-def slice_layer_(adapter: ModelAdapter, layer: nn.Module, sel: LayerSelection) -> None:
-    """Physically shrink one kept block to its selection, in place."""
-    s = adapter.shape() if not hasattr(adapter, "_shape_cache") else adapter._shape_cache
-    attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+def slice_layer_(adapter: ModelAdapter, layer: nn.Module, sel: LayerSelection, shape: ModelShape | None = None) -> None:
+    """Physically shrink one kept block to its selection, in place (the adapter swaps the modules).
+
+    `shape` is the unpruned model's (`adapter.shape()` by default); pass it when slicing a copy that
+    already has sliced blocks.
+    """
+    s = shape or adapter.shape()
+    proj = adapter.projections(layer)
     q_rows = head_rows(sel.heads, s.head_dim)
-    attn.q_proj = _slice_linear(attn.q_proj, rows=q_rows)
-    attn.o_proj = _slice_linear(attn.o_proj, cols=q_rows)
+    adapter.replace_projection(layer, "q_proj", _slice_linear(proj["q_proj"], rows=q_rows))
+    adapter.replace_projection(layer, "o_proj", _slice_linear(proj["o_proj"], cols=q_rows))
     if not s.is_gqa:
         kv_rows = head_rows(sel.kv_heads, s.head_dim)
-        attn.k_proj = _slice_linear(attn.k_proj, rows=kv_rows)
-        attn.v_proj = _slice_linear(attn.v_proj, rows=kv_rows)
-    attn.num_key_value_groups = len(sel.heads) // len(sel.kv_heads)
-    for attr, value in (("num_heads", len(sel.heads)), ("num_key_value_heads", len(sel.kv_heads))):
-        if hasattr(attn, attr):
-            setattr(attn, attr, value)
+        adapter.replace_projection(layer, "k_proj", _slice_linear(proj["k_proj"], rows=kv_rows))
+        adapter.replace_projection(layer, "v_proj", _slice_linear(proj["v_proj"], rows=kv_rows))
+    adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
     ch = torch.tensor(sel.channels, dtype=torch.long)
-    mlp.gate_proj = _slice_linear(mlp.gate_proj, rows=ch)
-    mlp.up_proj = _slice_linear(mlp.up_proj, rows=ch)
-    mlp.down_proj = _slice_linear(mlp.down_proj, cols=ch)
-    if hasattr(mlp, "intermediate_size"):
-        mlp.intermediate_size = len(sel.channels)
+    adapter.replace_projection(layer, "gate_proj", _slice_linear(proj["gate_proj"], rows=ch))
+    adapter.replace_projection(layer, "up_proj", _slice_linear(proj["up_proj"], rows=ch))
+    adapter.replace_projection(layer, "down_proj", _slice_linear(proj["down_proj"], cols=ch))
+    adapter.set_mlp_width(layer, len(sel.channels))
 
 
 def pruned_config_fields(selection: list[LayerSelection]) -> dict:
@@ -256,14 +256,13 @@ def slice_model(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSe
     shape = adapter.shape()
     new = copy.deepcopy(model)
     new_adapter = type(adapter)(new)
-    new_adapter._shape_cache = shape
     old_layers = new_adapter.layers()
     kept = []
     for i, sel in enumerate(selection):
         if not sel.keep:
             continue
         layer = old_layers[i]
-        slice_layer_(new_adapter, layer, sel)
+        slice_layer_(new_adapter, layer, sel, shape)
         kept.append(layer)
     for new_idx, layer in enumerate(kept):
         attn = new_adapter.attention(layer)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from tracenas.models.adapter import ModelAdapter, ModelShape, SUPPORTED_FAMILIES, get_adapter
+from tracenas.models.adapter import ModelAdapter, ModelShape, get_adapter, register_adapter, supported_families
 from tracenas.models.loading import DEFAULT_MODEL, LoadedSource, load_model, load_tokenizer, resolve_source
 
 __all__ = [
@@ -15,9 +15,10 @@ __all__ = [
     "LoadedSource",
     "ModelAdapter",
     "ModelShape",
-    "SUPPORTED_FAMILIES",
     "get_adapter",
     "load_model",
     "load_tokenizer",
+    "register_adapter",
     "resolve_source",
+    "supported_families",
 ]

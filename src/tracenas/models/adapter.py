@@ -1,8 +1,10 @@
-"""Family adapters: the only place that knows where a decoder keeps its projections.
+"""Model adapters: the only place that knows where a decoder keeps its projections, and the registry of families.
 
-Everything else in tracenas (masking, slicing, proxies, export) talks to a `ModelAdapter`. Llama,
-Qwen2 and Mistral share one module layout (`model.model.layers[i].self_attn.{q,k,v,o}_proj`,
-`.mlp.{gate,up,down}_proj`); a family with another layout overrides the accessors in its own file.
+Everything else in tracenas (masking, slicing, proxies, export) talks to a `ModelAdapter`. The base class
+here describes the Llama module layout (`model.model.layers[i].self_attn.{q,k,v,o}_proj`,
+`.mlp.{gate,up,down}_proj`); each family is one small file in `tracenas/models/families/` that subclasses
+it, names its `model_type`s and stock transformers class, overrides what differs, and registers itself
+with `@register_adapter`. Adding a family = one file there + its tests.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ def _numel(module: nn.Module) -> int:
 
 
 class ModelAdapter:
-    """Accessors for a Llama-layout decoder-only causal LM."""
+    """Accessors for a Llama-layout decoder-only causal LM; a family's file overrides what differs."""
 
     family = "llama"
     model_types: tuple[str, ...] = ("llama",)
+    stock_class = "LlamaForCausalLM"  # the transformers class a uniform export loads as
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -95,6 +98,24 @@ class ModelAdapter:
     def lm_head(self) -> nn.Linear:
         return self.model.lm_head
 
+    # --- resizing (physical slicing) -----------------------------------------------------------
+    def replace_projection(self, layer: nn.Module, name: str, linear: nn.Linear) -> None:
+        """Put `linear` in place of projection `name` (one of ATTN_PROJ + MLP_PROJ) of `layer`."""
+        setattr(self.attention(layer) if name in ATTN_PROJ else self.mlp(layer), name, linear)
+
+    def set_attention_heads(self, layer: nn.Module, num_heads: int, num_kv_heads: int) -> None:
+        """Tell the attention module its new head counts (the stock forward reads `num_key_value_groups`)."""
+        attn = self.attention(layer)
+        attn.num_key_value_groups = num_heads // num_kv_heads
+        for attr, value in (("num_heads", num_heads), ("num_key_value_heads", num_kv_heads)):
+            if hasattr(attn, attr):
+                setattr(attn, attr, value)
+
+    def set_mlp_width(self, layer: nn.Module, width: int) -> None:
+        mlp = self.mlp(layer)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = width
+
     # --- shape ---------------------------------------------------------------------------
     def shape(self) -> ModelShape:
         cfg = self.model.config
@@ -114,7 +135,10 @@ class ModelAdapter:
         kv_head = 2 * (head_dim * hidden + head_dim * bias(k))
         channel = 2 * hidden + bias(gate) + bias(up) + hidden
         norms = _numel(layer0) - _numel(attn) - _numel(self.mlp(layer0))
-        layer_fixed = norms + (o.bias.numel() if o.bias is not None else 0) + (
+        # parameters of the attention module outside its projections (Qwen3's per-head-dim q/k norms):
+        # shared by all heads, so kept whatever the head count
+        attn_extra = _numel(attn) - sum(_numel(p) for p in (q, k, v, o))
+        layer_fixed = norms + attn_extra + (o.bias.numel() if o.bias is not None else 0) + (
             down.bias.numel() if down.bias is not None else 0
         )
         embed = self.decoder().embed_tokens.weight.numel()
@@ -140,37 +164,34 @@ class ModelAdapter:
         )
 
 
-class LlamaAdapter(ModelAdapter):
-    family = "llama"
-    model_types = ("llama",)
+_ADAPTERS: dict[str, type[ModelAdapter]] = {}
 
 
-class Qwen2Adapter(ModelAdapter):
-    """Qwen2 / Qwen2.5: Llama layout with q/k/v biases and optional sliding-window layers."""
-
-    family = "qwen2"
-    model_types = ("qwen2",)
-
-
-class MistralAdapter(ModelAdapter):
-    """Mistral: Llama layout, GQA, optional sliding window."""
-
-    family = "mistral"
-    model_types = ("mistral",)
+def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: make `cls` the adapter of each of its `model_types`."""
+    for model_type in cls.model_types:
+        _ADAPTERS[model_type] = cls
+    return cls
 
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, Qwen2Adapter, MistralAdapter)
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
+def _registered() -> dict[str, type[ModelAdapter]]:
+    import tracenas.models.families  # noqa: F401 - each family module registers its adapter on import
+
+    return _ADAPTERS
+
+
+def supported_families() -> tuple[str, ...]:
+    """Every supported `config.model_type`."""
+    return tuple(_registered())
 
 
 def adapter_class_for(model_type: str) -> type[ModelAdapter]:
     """The adapter class for a `config.model_type`, or a one-line error naming the supported families."""
-    for cls in ADAPTERS:
-        if model_type in cls.model_types:
-            return cls
-    raise UnsupportedModelError(
-        f"model type {model_type!r} is not supported; supported families: {', '.join(SUPPORTED_FAMILIES)}"
-    )
+    adapters = _registered()
+    if model_type not in adapters:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} is not supported; supported families: {', '.join(adapters)}")
+    return adapters[model_type]
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from tracenas.errors import TracenasError, UnsupportedModelError
-from tracenas.models.adapter import SUPPORTED_FAMILIES, adapter_class_for
+from tracenas.models.adapter import adapter_class_for
 
 log = logging.getLogger(__name__)
 
@@ -170,4 +170,4 @@ def load_model(
     return model, tokenizer, source
 
 
-__all__ = ["DEFAULT_MODEL", "LoadedSource", "SUPPORTED_FAMILIES", "load_model", "load_tokenizer", "resolve_source"]
+__all__ = ["DEFAULT_MODEL", "LoadedSource", "load_model", "load_tokenizer", "resolve_source"]

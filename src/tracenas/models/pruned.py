@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from tracenas.device import to_torch_dtype
-from tracenas.errors import TracenasError, UnsupportedModelError
+from tracenas.errors import TracenasError
+from tracenas.models.adapter import adapter_class_for
 from tracenas.models.remote import modeling_tracenas as remote
 
 
@@ -30,10 +31,7 @@ def load_pruned(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as err:
         raise TracenasError(f"cannot read {path / 'config.json'}: {str(err).splitlines()[0]}") from err
-    cls = remote.CLASSES.get(config.model_type)
-    if cls is None:
-        raise UnsupportedModelError(f"model type {config.model_type!r} is not supported; "
-                                    f"supported: {', '.join(remote.CLASSES)}")
+    cls = remote.pruned_class(adapter_class_for(config.model_type).stock_class)  # one-line error if unsupported
     kwargs: dict[str, Any] = {"dtype": to_torch_dtype(dtype) if dtype is not None else "auto"}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

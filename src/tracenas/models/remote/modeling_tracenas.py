@@ -14,19 +14,20 @@ The stock attention infers its head count from the `q_proj` output size and uses
 `num_key_value_groups` for GQA, so no forward code is overridden: the weights, the KV cache and
 `generate()` are all stock. Dropped blocks are simply absent (block indices are already renumbered).
 Only public transformers classes are used; checked with transformers 5.17 and 5.23.
+
+The file knows no model family: `config.json`'s `auto_map` names `Tracenas<StockClass>` (for example
+`TracenasQwen2ForCausalLM`), and the module attribute of that name is made on first access as a subclass
+of `transformers.<StockClass>` that resizes its blocks after the stock constructor.
 """
 
 from __future__ import annotations
 
 import copy
 
-from transformers import (
-    LlamaForCausalLM,
-    MistralForCausalLM,
-    Qwen2ForCausalLM,
-)
+import transformers
 
 PER_LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+PREFIX = "Tracenas"
 
 
 def layer_config(config, index: int):
@@ -71,26 +72,30 @@ def resize_blocks(model) -> None:
         layers[i] = type(layers[i])(cfg, i)
 
 
-class TracenasLlamaForCausalLM(LlamaForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
+class _ResizedBlocks:
+    """Mixin: build the stock model, then give every block its own sizes from `config.tracenas`."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
         resize_blocks(self)
 
 
-class TracenasQwen2ForCausalLM(Qwen2ForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
-        resize_blocks(self)
+_CLASSES: dict[str, type] = {}
 
 
-class TracenasMistralForCausalLM(MistralForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
-        resize_blocks(self)
+def pruned_class(stock_name: str) -> type:
+    """`Tracenas<stock_name>`: `transformers.<stock_name>` whose blocks take per-layer sizes (made once)."""
+    if stock_name not in _CLASSES:
+        stock = getattr(transformers, stock_name, None)
+        if not isinstance(stock, type):
+            raise AttributeError(f"transformers has no model class {stock_name!r} (a newer transformers may)")
+        name = PREFIX + stock_name
+        _CLASSES[stock_name] = type(name, (_ResizedBlocks, stock), {"__module__": __name__, "__qualname__": name})
+    return _CLASSES[stock_name]
 
 
-CLASSES = {
-    "llama": TracenasLlamaForCausalLM,
-    "qwen2": TracenasQwen2ForCausalLM,
-    "mistral": TracenasMistralForCausalLM,
-}
+def __getattr__(name: str) -> type:
+    # `from modeling_tracenas import TracenasLlamaForCausalLM`, as transformers resolves `auto_map`.
+    if name.startswith(PREFIX) and name.endswith("ForCausalLM"):
+        return pruned_class(name[len(PREFIX):])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
