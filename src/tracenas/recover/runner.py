@@ -53,6 +53,269 @@ def _remove_partial_checkpoints(out: Path) -> None:
             log.info("removed the partial checkpoint %s", tmp)
 
 
+class Recovery:
+    """Continued pretraining as named steps (torchtune's recipe shape), so that a variant overrides one step.
+
+        run = Recovery(cfg)
+        run.setup()            # accelerator, model, data, teacher, optimizer, resume
+        run.train()            # optimizer steps with logging and checkpoints
+        result = run.finalize()
+    """
+
+    def __init__(self, cfg: RecoverConfig, *, model: nn.Module | None = None, tokenizer=None, progress: bool = True,
+                 callback: Callable[[dict], None] | None = None) -> None:
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.progress, self.callback = progress, callback
+        self.source = None
+        self.records: list[dict] = []
+        self.start_step, self.wall_before, self.resumed_from = 0, 0.0, None
+        self.step, self.run_tokens, self.run_time = 0, 0, 0.0
+
+    # --- setup -------------------------------------------------------------------------------------
+    def setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+
+        cfg = self.cfg
+        mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.dtype, "no")
+        if cfg.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            mixed = "bf16"
+        # Under torchrun without GPUs accelerate only forms a (gloo) process group when told to use the CPU.
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
+        self.mixed = mixed
+        self.accelerator = Accelerator(mixed_precision=mixed, cpu=launched and not torch.cuda.is_available())
+        self.world = self.accelerator.num_processes
+        self.cfg = cfg.resolved(self.world)
+        self.out = Path(self.cfg.out).expanduser()
+        self.main = self.accelerator.is_main_process
+
+    def setup(self) -> None:
+        """Everything before the first step; the output directory must exist (see `run`)."""
+        self.setup_model()
+        self.setup_data()
+        self.setup_teacher()
+        self.setup_optimizer()
+        self.resume()
+        self.setup_log()
+
+    def setup_model(self) -> None:
+        from tracenas.models.loading import load_model, resolve_source
+
+        cfg = self.cfg
+        if self.model is None:
+            self.source = resolve_source(cfg.model)  # clear error for a missing directory before anything heavy
+            self.model, loaded_tok, self.source = load_model(cfg.model, dtype=torch.float32, device="cpu")
+            self.tokenizer = self.tokenizer or loaded_tok
+        elif cfg.model:
+            with contextlib.suppress(TracenasError):
+                self.source = resolve_source(cfg.model)
+        if self.tokenizer is None:
+            raise TracenasError("recover() needs a tokenizer with an in-memory model")
+        if any(p.dtype != torch.float32 for p in self.model.parameters()):
+            self.model.float()  # float32 master weights; the compute dtype comes from autocast
+        self.checkpoints = _checkpoint_dirs(self.out)
+        if self.checkpoints and not cfg.resume:
+            raise TracenasError(f"{self.out} already holds checkpoints (up to step {self.checkpoints[-1][0]}): pass "
+                                "--resume to continue, or choose another --out")
+
+    def setup_data(self) -> None:
+        cfg = self.cfg
+        stream = _training_stream(self.tokenizer, cfg)
+        self.windows = TrainWindows(stream, cfg.seq_len, cfg.seed)
+        self.tokens_per_step = cfg.global_batch * cfg.seq_len
+        self.total_steps = cfg.tokens // self.tokens_per_step
+        if self.windows.count < cfg.global_batch or self.total_steps < 1:
+            raise DataError(
+                f"not enough training tokens for one step: a step takes {cfg.global_batch} sequences x {cfg.seq_len} "
+                f"tokens = {self.tokens_per_step:,} tokens; the budget is {cfg.tokens:,} tokens and the 'train' split of "
+                f"{cfg.data or 'wikipedia'!r} has {stream.numel():,} ({self.windows.count} windows). Lower --global-batch/"
+                "--seq-len, raise --tokens, or pass a bigger --data")
+        epochs = self.total_steps * cfg.global_batch / self.windows.count
+        if epochs > 1:
+            log.warning("the budget of %s tokens is %.1f passes over the %s-token training split; data repeats",
+                        f"{cfg.tokens:,}", epochs, f"{stream.numel():,}")
+
+    def setup_teacher(self) -> None:
+        from tracenas.models.loading import load_model
+
+        cfg = self.cfg
+        self.teacher = None
+        if not cfg.distill:
+            return
+        if not cfg.teacher:
+            raise TracenasError("--distill needs --teacher (the unpruned base model, with the same tokenizer)")
+        teacher_dtype = torch.bfloat16 if self.mixed == "bf16" else torch.float32
+        self.teacher, _, _ = load_model(cfg.teacher, dtype=teacher_dtype, device=self.accelerator.device,
+                                        with_tokenizer=False)
+        self.teacher.requires_grad_(False).eval()
+        t_vocab = self.teacher.get_output_embeddings().weight.shape[0]
+        s_vocab = self.model.get_output_embeddings().weight.shape[0]
+        if t_vocab != s_vocab:
+            raise TracenasError(f"teacher vocabulary ({t_vocab}) differs from the student's ({s_vocab})")
+
+    def setup_optimizer(self) -> None:
+        cfg, model = self.cfg, self.model
+        model.config.use_cache = False
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        wrapper = _LossModel(model, cfg, self.teacher)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.wrapper, self.optimizer = self.accelerator.prepare(wrapper, optimizer)
+
+    def resume(self) -> None:
+        """Load the newest checkpoint when resuming; refuse one written under other settings."""
+        cfg = self.cfg
+        self.fingerprint = _fingerprint(cfg, self.world)
+        if cfg.resume and self.checkpoints:
+            step, path = self.checkpoints[-1]
+            with open(path / "state.json") as fh:
+                saved = json.load(fh)["fingerprint"]
+            changed = [k for k in self.fingerprint if saved.get(k) != self.fingerprint[k]]
+            if changed:
+                diff = ", ".join(f"{k}: {saved.get(k)!r} -> {self.fingerprint[k]!r}" for k in changed)
+                raise TracenasError(f"cannot resume {path}: the settings changed ({diff}); use the same settings "
+                                    "or another --out")
+            header = _load_checkpoint(self.accelerator, self.wrapper, self.optimizer, path)
+            self.start_step, self.wall_before, self.resumed_from = step, header["wall_time_s"], step
+            log.info("resuming from %s (step %d of %d)", path, step, self.total_steps)
+        elif cfg.resume:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
+
+    def setup_log(self) -> None:
+        cfg = self.cfg
+        self.log_path = self.out / "train_log.jsonl"
+        self.records = _read_log(self.log_path, self.start_step) if self.main else []
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.out, "recover", cfg, extra={"world_size": self.world, "total_steps": self.total_steps,
+                                                         "tokens_per_step": self.tokens_per_step})
+            # drop steps after the checkpoint
+            self.log_path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        log.info("recovering %s: %d steps x %d sequences x %d tokens, peak lr %g (%s), %d process(es), %s",
+                 cfg.model or "model", self.total_steps, cfg.global_batch, cfg.seq_len, cfg.lr, cfg.schedule,
+                 self.world, self.mixed)
+
+    # --- training ----------------------------------------------------------------------------------
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        end_step = min(self.total_steps, cfg.stop_after_steps or self.total_steps)
+        bar = tqdm(total=self.total_steps, initial=self.start_step, desc="recover", unit="step", dynamic_ncols=True,
+                   disable=not (self.progress and self.main))
+        self.step, last_plot = self.start_step, time.monotonic()
+        try:
+            while self.step < end_step:
+                record = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{self.run_tokens / self.run_time:,.0f}",
+                                lr=f"{record['lr']:.2e}")
+                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end_step < self.total_steps:
+                    self.save_checkpoint()
+                    if self.main and time.monotonic() - last_plot > 60:  # a live curve for long runs
+                        plot_loss(self.records, self.out / "loss.png")
+                        last_plot = time.monotonic()
+                if self.callback is not None:
+                    self.callback(record)
+        finally:
+            bar.close()
+
+    def train_step(self) -> dict:
+        """One optimizer step over `global_batch` sequences (accumulated); returns its log record."""
+        cfg, accelerator = self.cfg, self.accelerator
+        t0 = time.perf_counter()
+        lr = lr_at(self.step, self.total_steps, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        per_rank = cfg.global_batch // self.world
+        batch = self.windows.batch(self.step * cfg.global_batch + accelerator.process_index * per_rank, per_rank)
+        parts: dict[str, float] = {}
+        for k in range(cfg.grad_accum):
+            ids = batch[k * cfg.micro_batch:(k + 1) * cfg.micro_batch].to(accelerator.device)
+            sync = contextlib.nullcontext() if k == cfg.grad_accum - 1 else accelerator.no_sync(self.wrapper)
+            with sync:
+                with accelerator.autocast():
+                    loss, terms = self.wrapper(ids)
+                accelerator.backward(loss / cfg.grad_accum)
+            for name, value in terms.items():
+                parts[name] = parts.get(name, 0.0) + float(value) / cfg.grad_accum
+        grad_norm = None
+        if cfg.max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(self.wrapper.parameters(), cfg.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.world > 1:
+            packed = accelerator.reduce(torch.tensor(list(parts.values()), device=accelerator.device), "mean")
+            parts = dict(zip(parts, packed.tolist()))
+        dt = time.perf_counter() - t0
+        self.run_tokens += self.tokens_per_step
+        self.run_time += dt
+        loss_value = parts.get("loss", parts.get("ce"))
+        if not math.isfinite(loss_value):
+            raise TracenasError(f"the training loss became {loss_value} at step {self.step}; lower --lr "
+                                "(or use --dtype float32)")
+        record = {"step": self.step, "loss": loss_value, "lr": lr, "tokens": self.step * self.tokens_per_step,
+                  "tokens_per_s": self.tokens_per_step / dt, "grad_norm": grad_norm}
+        if cfg.distill:
+            record.update(ce=parts["ce"], kl=parts["kl"])
+        self.records.append(record)
+        if self.main:
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        return record
+
+    def save_checkpoint(self) -> None:
+        meta = {"fingerprint": self.fingerprint, "tokens_seen": self.step * self.tokens_per_step,
+                "wall_time_s": self.wall_before + self.run_time, "total_steps": self.total_steps}
+        _save_checkpoint(self.accelerator, self.wrapper, self.optimizer, self.out, self.step, meta,
+                         self.cfg.keep_checkpoints)
+
+    # --- end -----------------------------------------------------------------------------------------
+    def finalize(self) -> RecoverResult:
+        """The result; when every step is done, the recovered model saved to OUT/model."""
+        cfg = self.cfg
+        tail = [r["loss"] for r in self.records[-10:]]
+        completed = self.step >= self.total_steps
+        result = RecoverResult(
+            final_loss=sum(tail) / len(tail) if tail else None, last_loss=tail[-1] if tail else None,
+            steps=self.step, total_steps=self.total_steps, tokens_seen=self.step * self.tokens_per_step,
+            wall_time_s=self.wall_before + self.run_time,
+            tokens_per_s=self.run_tokens / self.run_time if self.run_time else 0.0, path=None, out=str(self.out),
+            completed=completed, resumed_from=self.resumed_from)
+        if completed:
+            model = self.model
+            model.config.use_cache = True
+            if cfg.gradient_checkpointing:
+                model.gradient_checkpointing_disable()
+            model.eval()
+            result.path = str(self.out / "model")
+            final = _final_model(self.accelerator, self.wrapper, cfg)
+            if self.main:
+                save_recovered(final, self.tokenizer, self.source, cfg, result, self.out / "model")
+        else:
+            log.info("stopped at step %d of %d; continue with --resume", self.step, self.total_steps)
+        if self.main:
+            plot_loss(self.records, self.out / "loss.png")
+            atomic_write_json(self.out / "recover.json", result.as_dict())
+        self.accelerator.wait_for_everyone()
+        return result
+
+    def run(self) -> RecoverResult:
+        """setup → train → finalize inside the output directory; a failure with nothing resumable leaves the
+        disk as it was (`RunDirGuard`)."""
+        self.setup_accelerator()
+        check_writable_dir(self.out)
+        if self.main:
+            _remove_partial_checkpoints(self.out)
+        guard = (RunDirGuard(self.out, resumable=lambda: bool(_checkpoint_dirs(self.out))) if self.main
+                 else contextlib.nullcontext())
+        with guard:
+            self.setup()
+            self.train()
+            return self.finalize()
+
+
 def recover(cfg: RecoverConfig, *, model: nn.Module | None = None, tokenizer=None, progress: bool = True,
             callback: Callable[[dict], None] | None = None) -> RecoverResult:
     """Continued pretraining per `cfg`; returns what was done. A passed `model` is trained in place.
@@ -60,187 +323,4 @@ def recover(cfg: RecoverConfig, *, model: nn.Module | None = None, tokenizer=Non
     `callback(record)` is called after every optimizer step (after any checkpoint of that step) with
     the record also written to train_log.jsonl; an exception from it stops the run like a kill.
     """
-    from accelerate import Accelerator
-
-    from tracenas.models.loading import load_model, resolve_source
-
-    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.dtype, "no")
-    if cfg.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        mixed = "bf16"
-    # Under torchrun without GPUs accelerate only forms a (gloo) process group when told to use the CPU.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
-    accelerator = Accelerator(mixed_precision=mixed, cpu=launched and not torch.cuda.is_available())
-    world = accelerator.num_processes
-    cfg = cfg.resolved(world)
-    out = Path(cfg.out).expanduser()
-    main = accelerator.is_main_process
-    check_writable_dir(out)
-    if main:
-        _remove_partial_checkpoints(out)
-    guard = RunDirGuard(out, resumable=lambda: bool(_checkpoint_dirs(out))) if main else contextlib.nullcontext()
-    with guard:
-        source = None
-        if model is None:
-            source = resolve_source(cfg.model)  # clear error for a missing directory before anything heavy
-            model, loaded_tok, source = load_model(cfg.model, dtype=torch.float32, device="cpu")
-            tokenizer = tokenizer or loaded_tok
-        elif cfg.model:
-            with contextlib.suppress(TracenasError):
-                source = resolve_source(cfg.model)
-        if tokenizer is None:
-            raise TracenasError("recover() needs a tokenizer with an in-memory model")
-        if any(p.dtype != torch.float32 for p in model.parameters()):
-            model.float()  # float32 master weights; the compute dtype comes from autocast
-
-        checkpoints = _checkpoint_dirs(out)
-        if checkpoints and not cfg.resume:
-            raise TracenasError(f"{out} already holds checkpoints (up to step {checkpoints[-1][0]}): pass --resume to "
-                                "continue, or choose another --out")
-        stream = _training_stream(tokenizer, cfg)
-        windows = TrainWindows(stream, cfg.seq_len, cfg.seed)
-        tokens_per_step = cfg.global_batch * cfg.seq_len
-        total_steps = cfg.tokens // tokens_per_step
-        if windows.count < cfg.global_batch or total_steps < 1:
-            raise DataError(
-                f"not enough training tokens for one step: a step takes {cfg.global_batch} sequences x {cfg.seq_len} "
-                f"tokens = {tokens_per_step:,} tokens; the budget is {cfg.tokens:,} tokens and the 'train' split of "
-                f"{cfg.data or 'wikipedia'!r} has {stream.numel():,} ({windows.count} windows). Lower --global-batch/"
-                "--seq-len, raise --tokens, or pass a bigger --data")
-        epochs = total_steps * cfg.global_batch / windows.count
-        if epochs > 1:
-            log.warning("the budget of %s tokens is %.1f passes over the %s-token training split; data repeats",
-                        f"{cfg.tokens:,}", epochs, f"{stream.numel():,}")
-
-        teacher = None
-        if cfg.distill:
-            if not cfg.teacher:
-                raise TracenasError("--distill needs --teacher (the unpruned base model, with the same tokenizer)")
-            teacher_dtype = torch.bfloat16 if mixed == "bf16" else torch.float32
-            teacher, _, _ = load_model(cfg.teacher, dtype=teacher_dtype, device=accelerator.device, with_tokenizer=False)
-            teacher.requires_grad_(False).eval()
-            t_vocab = teacher.get_output_embeddings().weight.shape[0]
-            s_vocab = model.get_output_embeddings().weight.shape[0]
-            if t_vocab != s_vocab:
-                raise TracenasError(f"teacher vocabulary ({t_vocab}) differs from the student's ({s_vocab})")
-
-        model.config.use_cache = False
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()
-        wrapper = _LossModel(model, cfg, teacher)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-        wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
-
-        start_step, wall_before, resumed_from = 0, 0.0, None
-        fingerprint = _fingerprint(cfg, world)
-        if cfg.resume and checkpoints:
-            step, path = checkpoints[-1]
-            with open(path / "state.json") as fh:
-                saved = json.load(fh)["fingerprint"]
-            changed = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
-            if changed:
-                diff = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint[k]!r}" for k in changed)
-                raise TracenasError(f"cannot resume {path}: the settings changed ({diff}); use the same settings "
-                                    "or another --out")
-            header = _load_checkpoint(accelerator, wrapper, optimizer, path)
-            start_step, wall_before, resumed_from = step, header["wall_time_s"], step
-            log.info("resuming from %s (step %d of %d)", path, step, total_steps)
-        elif cfg.resume:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", out)
-
-        log_path = out / "train_log.jsonl"
-        records = _read_log(log_path, start_step) if main else []
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(out, "recover", cfg, extra={"world_size": world, "total_steps": total_steps,
-                                                    "tokens_per_step": tokens_per_step})
-            log_path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop steps after the checkpoint
-        save_every = cfg.save_every or 0
-        end_step = min(total_steps, cfg.stop_after_steps or total_steps)
-        per_rank = cfg.global_batch // world
-        log.info("recovering %s: %d steps x %d sequences x %d tokens, peak lr %g (%s), %d process(es), %s",
-                 cfg.model or "model", total_steps, cfg.global_batch, cfg.seq_len, cfg.lr, cfg.schedule, world, mixed)
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=start_step, desc="recover", unit="step", dynamic_ncols=True,
-                   disable=not (progress and main))
-        step, run_tokens, run_time, last_plot = start_step, 0, 0.0, time.monotonic()
-        try:
-            while step < end_step:
-                t0 = time.perf_counter()
-                lr = lr_at(step, total_steps, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = windows.batch(step * cfg.global_batch + accelerator.process_index * per_rank, per_rank)
-                parts: dict[str, float] = {}
-                for k in range(cfg.grad_accum):
-                    ids = batch[k * cfg.micro_batch:(k + 1) * cfg.micro_batch].to(accelerator.device)
-                    sync = contextlib.nullcontext() if k == cfg.grad_accum - 1 else accelerator.no_sync(wrapper)
-                    with sync:
-                        with accelerator.autocast():
-                            loss, terms = wrapper(ids)
-                        accelerator.backward(loss / cfg.grad_accum)
-                    for name, value in terms.items():
-                        parts[name] = parts.get(name, 0.0) + float(value) / cfg.grad_accum
-                grad_norm = None
-                if cfg.max_grad_norm > 0:
-                    grad_norm = float(accelerator.clip_grad_norm_(wrapper.parameters(), cfg.max_grad_norm))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if world > 1:
-                    packed = accelerator.reduce(torch.tensor(list(parts.values()), device=accelerator.device), "mean")
-                    parts = dict(zip(parts, packed.tolist()))
-                dt = time.perf_counter() - t0
-                run_tokens += tokens_per_step
-                run_time += dt
-                loss_value = parts.get("loss", parts.get("ce"))
-                if not math.isfinite(loss_value):
-                    raise TracenasError(f"the training loss became {loss_value} at step {step}; lower --lr "
-                                        "(or use --dtype float32)")
-                record = {"step": step, "loss": loss_value, "lr": lr, "tokens": step * tokens_per_step,
-                          "tokens_per_s": tokens_per_step / dt, "grad_norm": grad_norm}
-                if cfg.distill:
-                    record.update(ce=parts["ce"], kl=parts["kl"])
-                records.append(record)
-                if main:
-                    with open(log_path, "a") as fh:
-                        fh.write(json.dumps(record) + "\n")
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{run_tokens / run_time:,.0f}", lr=f"{lr:.2e}")
-                if (save_every and step % save_every == 0) or step == end_step < total_steps:
-                    meta = {"fingerprint": fingerprint, "tokens_seen": step * tokens_per_step,
-                            "wall_time_s": wall_before + run_time, "total_steps": total_steps}
-                    _save_checkpoint(accelerator, wrapper, optimizer, out, step, meta, cfg.keep_checkpoints)
-                    if main and time.monotonic() - last_plot > 60:  # a live curve for long runs, cheap for short ones
-                        plot_loss(records, out / "loss.png")
-                        last_plot = time.monotonic()
-                if callback is not None:
-                    callback(record)
-        finally:
-            bar.close()
-
-        tail = [r["loss"] for r in records[-10:]]
-        completed = step >= total_steps
-        result = RecoverResult(
-            final_loss=sum(tail) / len(tail) if tail else None, last_loss=tail[-1] if tail else None, steps=step,
-            total_steps=total_steps, tokens_seen=step * tokens_per_step, wall_time_s=wall_before + run_time,
-            tokens_per_s=run_tokens / run_time if run_time else 0.0, path=None, out=str(out), completed=completed,
-            resumed_from=resumed_from)
-        if completed:
-            model.config.use_cache = True
-            if cfg.gradient_checkpointing:
-                model.gradient_checkpointing_disable()
-            model.eval()
-            result.path = str(out / "model")
-            final = _final_model(accelerator, wrapper, cfg)
-            if main:
-                save_recovered(final, tokenizer, source, cfg, result, out / "model")
-        else:
-            log.info("stopped at step %d of %d; continue with --resume", step, total_steps)
-        if main:
-            plot_loss(records, out / "loss.png")
-            atomic_write_json(out / "recover.json", result.as_dict())
-        accelerator.wait_for_everyone()
-        return result
+    return Recovery(cfg, model=model, tokenizer=tokenizer, progress=progress, callback=callback).run()
