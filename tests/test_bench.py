@@ -55,7 +55,10 @@ def test_bench_run_dir(exported_run, capsys):
     assert report["models"]["pruned"]["params"] == sum(p.numel() for p in pruned.parameters())
     assert report["models"]["pruned"]["params"] < report["models"]["base"]["params"]
     s = report["speedup"]
-    assert s["prefill"] > 0 and s["decode"] > 0 and s["throughput"] > 0
+    b, p = report["models"]["base"], report["models"]["pruned"]
+    assert s["prefill"] == pytest.approx(b["ttft_ms"] / p["ttft_ms"])
+    assert s["decode"] == pytest.approx(b["tpot_ms"] / p["tpot_ms"])
+    assert s["throughput"] == pytest.approx(p["throughput_tok_s"] / b["throughput_tok_s"])
     assert s["params"] == pytest.approx(report["models"]["pruned"]["params"] / report["models"]["base"]["params"])
     c = report["config"]
     assert (c["prompt_len"], c["gen_len"], c["trials"], c["warmup"], c["device"], c["dtype"]) == (

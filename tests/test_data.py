@@ -82,12 +82,6 @@ def test_max_documents_caps_the_default_corpus(wiki_docs):
         data.load_documents(max_documents=0)
 
 
-def test_describe_default_corpus_mentions_source_and_splits():
-    text = data.describe_default_corpus()
-    assert "Wikipedia" in text and "gensim" in text
-    assert all(split in text for split in data.SPLITS)
-
-
 # --------------------------------------------------------------------------- splitting
 
 

@@ -24,7 +24,6 @@ Defaults follow the paper on GPU (prompt 4096, 128 new tokens, 20 trials, bf16) 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import re
 import statistics
@@ -272,10 +271,6 @@ def _device_name(device: torch.device) -> str:
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
 
 
 __all__ = ["BenchConfig", "PeakMemory", "measure", "random_prompt", "resolve_paths", "run_bench"]

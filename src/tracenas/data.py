@@ -460,15 +460,3 @@ def count_tokens(
 ) -> int:
     """Number of tokens in a split's token stream (EOS separators included)."""
     return int(_split_stream(tokenizer, source, split, seed, fractions).numel())
-
-
-def describe_default_corpus() -> str:
-    """One paragraph for docs and ``--help`` about the built-in corpus."""
-    return (
-        f"The default --data source, {DEFAULT_DATA!r}, is the sample of about 100 English Wikipedia "
-        "articles (about 460k words, roughly 0.7M tokens for a 49k-vocabulary tokenizer) that ships inside the "
-        "gensim package, so no download is needed. "
-        "Redirects, stubs, wiki markup and trailing reference/link sections are removed. Articles are split "
-        "by a stable hash of their text into calibration / train / eval (20% / 60% / 20% of articles by "
-        "default), so the three splits never share a document and are identical on every run."
-    )

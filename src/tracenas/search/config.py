@@ -19,7 +19,6 @@ PRESETS: dict[str, dict] = {
     "quick": dict(num_sequences=4, seq_len=256, population=8, elites=3, iterations=6, rank=64, micro_batch=4,
                   proxy="kl"),
 }
-PRESET_KEYS = tuple(PRESETS["paper"])
 
 
 @dataclass
