@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 # Insertion order is the order of the `--strategy` choices.
 STRATEGY_HELP: dict[str, str] = {
-    "evolution": "TraceNAS evolution: importance anchors, elites, crossover and mutation",
-    "uniform": "one candidate: every block kept, the same ratio everywhere",
-    "random": "random genomes in the budget window, same candidate budget as the evolution",
+    "evolution": "TraceNAS: importance anchors, elites, crossover, mutation",
+    "uniform": "one candidate, the same ratio in every block",
+    "random": "random search, same candidate budget",
 }
 _CLASSES: dict[str, "str | type[SearchStrategy]"] = {
     "evolution": "tracenas.search.evolution:Evolution",
@@ -39,7 +39,7 @@ def strategy_names() -> tuple[str, ...]:
 
 
 def strategy_help() -> str:
-    return "; ".join(f"{name}: {text}" for name, text in STRATEGY_HELP.items())
+    return ", ".join(f"{name} ({text})" for name, text in STRATEGY_HELP.items())
 
 
 def register_strategy(name: str, cls: "type[SearchStrategy] | str", help: str) -> None:  # noqa: A002
