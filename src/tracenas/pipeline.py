@@ -26,6 +26,7 @@ from pathlib import Path
 from tracenas.config import atomic_write_json, opt, save_config
 from tracenas.errors import TracenasError
 from tracenas.rundir import RunDirGuard
+from tracenas.search.registry import strategy_names
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class RunConfig:
                                  "Wikipedia")
     budget: str = opt("0.6", "parameter budget: count (81M) or fraction (0.6)")
     preset: str = opt("quick", "quick (CPU) or paper settings for every stage", choices=("quick", "paper"))
-    strategy: str = opt("evolution", "evolution (TraceNAS), uniform, random", choices=("evolution", "uniform", "random"))
+    strategy: str = opt("evolution", lambda: "search strategy: " + ", ".join(strategy_names()), choices=strategy_names)
     proxy: str | None = opt(None, "search score (preset: kl for quick, phi for paper; see `tracenas search --help`)")
     stages: str = opt(",".join(STAGES), "comma-separated stages to run, in pipeline order")
     seed: int = opt(0, "seed of every stage")
@@ -104,7 +105,9 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
 def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progress: bool) -> dict:
     save_config(out, "run", cfg)
     timings: dict[str, float] = {}
-    iterations = 1 if cfg.strategy == "uniform" else search_cfg.iterations
+    from tracenas.search.registry import strategy_class
+
+    iterations = strategy_class(cfg.strategy).config_from(search_cfg).iterations  # uniform: 1
 
     if "search" in stages:
         if _search_done(out, iterations):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from tracenas.config import opt, parse_budget_spec
 from tracenas.errors import TracenasError
 from tracenas.proxy_names import proxy_names
+from tracenas.search.registry import strategy_help, strategy_names
 
 PRESETS: dict[str, dict] = {
     # Paper Table 5 / Sec. 4.1: 16 x 4096 calibration tokens, population 30, 10 elites, 50 iterations.
@@ -28,8 +29,8 @@ class SearchConfig:
     out: str = opt("runs/search", "run directory (created); holds arch.json, history.jsonl, search/state.json")
     budget: str = opt("0.6", "parameter budget: a count (81M, 2.7B) or a fraction of the base model (0.6)")
     preset: str = opt("quick", "settings bundle; explicit flags override it", choices=tuple(PRESETS))
-    strategy: str = opt("evolution", "evolution (TraceNAS), uniform (same ratio everywhere) or random (random search, "
-                        "same candidate budget)", choices=("evolution", "uniform", "random"))
+    # like --proxy: read from the registry when the parser is built, so registered strategies are listed too
+    strategy: str = opt("evolution", lambda: "search strategy: " + strategy_help(), choices=strategy_names)
     # help and choices are read when the parser is built, so proxies registered later are listed too
     proxy: str | None = opt(None, lambda: "candidate score (preset: kl for quick, phi for paper): "
                             + ", ".join(proxy_names()), choices=proxy_names)
@@ -61,6 +62,8 @@ class SearchConfig:
             raise TracenasError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         if self.proxy is not None and self.proxy not in proxy_names():
             raise TracenasError(f"unknown proxy {self.proxy!r}; choose from {', '.join(proxy_names())}")
+        if self.strategy not in strategy_names():
+            raise TracenasError(f"unknown strategy {self.strategy!r}; choose from {', '.join(strategy_names())}")
         for name in ("num_sequences", "seq_len", "rank", "population", "elites", "iterations", "micro_batch",
                      "loss_chunk"):
             value = getattr(self, name)

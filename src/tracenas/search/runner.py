@@ -35,7 +35,9 @@ from tracenas.rundir import RunDirGuard
 from tracenas.masking import Importance, compute_importance, select, selection_to_list
 from tracenas.proxy import GRADIENT_PROXIES, Scorer, TraceProbes
 from tracenas.search.config import SearchConfig
-from tracenas.search.evolution import Candidate, EvolutionConfig, EvolutionState
+from tracenas.search.registry import strategy_class
+from tracenas.search.state import Candidate, EvolutionState
+from tracenas.search.strategy import SearchStrategy
 
 log = logging.getLogger(__name__)
 
@@ -158,35 +160,82 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
         resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
     data_mod.check_source(cfg.data)
     with RunDirGuard(out, resumable=lambda: (out / STATE).exists()):
-        return _search(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
+        recipe = SearchRecipe(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
+        return recipe.run()
 
 
-def _search(cfg: SearchConfig, out: Path, resuming: bool, *, progress: bool, model, tokenizer,
-            source) -> SearchResult:
-    from tracenas import data as data_mod
-    from tracenas.models import get_adapter, load_model
+class SearchRecipe:
+    """One search run as named steps (torchtune's recipe shape), so a variant overrides one step:
 
-    handler = _attach_log(out, "search")
-    t_start = time.perf_counter()
-    try:
-        device = resolve_device(cfg.device)
-        dtype = resolve_dtype(cfg.dtype, device)
-        if model is None:
-            model, tokenizer, source = load_model(cfg.model, dtype=dtype, device=device)
-        adapter = get_adapter(model)
-        shape = adapter.shape()
+    `setup` (`_setup_model`, `_setup_space`, `_setup_data`, `_setup_scorer`, `_setup_strategy`, then
+    `resume` or `_fresh_outputs`) -> `search` (one `step` per generation; the strategy's hooks write
+    history.jsonl, timings and search/state.json) -> `finalize` (arch.json, summary, plots).
+    """
+
+    def __init__(self, cfg: SearchConfig, out: Path, resuming: bool, *, progress: bool = True, model=None,
+                 tokenizer=None, source=None) -> None:
+        self.cfg, self.out, self.resuming, self.progress = cfg, out, resuming, progress
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.history = out / HISTORY
+        self.timings = out / "search" / "timings.jsonl"
+        self.probes: TraceProbes | None = None
+        self.bar = None
+
+    def run(self) -> SearchResult:
+        handler = _attach_log(self.out, "search")
+        self.t_start = time.perf_counter()
+        try:
+            self.setup()
+            return self.finalize(self.search())
+        finally:
+            logging.getLogger("tracenas").removeHandler(handler)
+            handler.close()
+
+    # --- setup -----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._setup_model()
+        self._setup_space()
+        self._setup_data()
+        self._setup_scorer()
+        self._setup_strategy()
+        if self.resuming:
+            self.resume()
+        else:
+            self._fresh_outputs()
+
+    def _setup_model(self) -> None:
+        from tracenas.models import get_adapter, load_model
+
+        self.device = resolve_device(self.cfg.device)
+        self.dtype = resolve_dtype(self.cfg.dtype, self.device)
+        if self.model is None:
+            self.model, self.tokenizer, self.source = load_model(self.cfg.model, dtype=self.dtype, device=self.device)
+        self.adapter = get_adapter(self.model)
+
+    def _setup_space(self) -> None:
+        """Search space, budget and `min_layers` (resolved from the model); saves search.yaml on a new run."""
+        cfg, shape = self.cfg, self.adapter.shape()
         min_layers = cfg.min_layers if cfg.min_layers is not None else max(1, shape.num_layers // 2)
-        space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings)
-        budget = space.resolve_budget(cfg.budget)
-        cfg = dataclasses.replace(cfg, min_layers=min_layers)
-        if not resuming:  # a resume writes search.yaml only once the saved state has loaded
-            save_config(out, "search", cfg)
-        log.info("budget %s of %s parameters (%s), %d blocks, min_layers=%d", format_count(budget),
-                 format_count(space.base_params()), "embeddings included" if cfg.include_embeddings else
+        self.space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings)
+        self.budget = self.space.resolve_budget(cfg.budget)
+        self.cfg = dataclasses.replace(cfg, min_layers=min_layers)
+        if not self.resuming:  # a resume writes search.yaml only once the saved state has loaded
+            save_config(self.out, "search", self.cfg)
+        log.info("budget %s of %s parameters (%s), %d blocks, min_layers=%d", format_count(self.budget),
+                 format_count(self.space.base_params()), "embeddings included" if cfg.include_embeddings else
                  "embeddings excluded", shape.num_layers, min_layers)
 
-        batches = data_mod.token_batches(tokenizer, cfg.data, split="calibration", num_sequences=cfg.num_sequences,
-                                         seq_len=cfg.seq_len, seed=cfg.seed)
+    def _setup_data(self) -> None:
+        from tracenas import data as data_mod
+
+        cfg = self.cfg
+        self.batches = data_mod.token_batches(self.tokenizer, cfg.data, split="calibration",
+                                              num_sequences=cfg.num_sequences, seq_len=cfg.seq_len, seed=cfg.seed)
+
+    def _setup_scorer(self) -> None:
+        """Importance (or the saved anchor on resume), base traces for gradient proxies, and the Scorer."""
+        cfg, out, resuming, device, batches = self.cfg, self.out, self.resuming, self.device, self.batches
+        model, adapter, space = self.model, self.adapter, self.space
         torch.manual_seed(cfg.seed)
         probes = None
         anchor_path = out / ANCHOR
@@ -206,85 +255,91 @@ def _search(cfg: SearchConfig, out: Path, resuming: bool, *, progress: bool, mod
         _save_anchor(anchor_path, importance, base)
         scorer = Scorer(model, adapter, space, importance, batches, cfg.proxy, probes, base,
                         micro_batch=cfg.micro_batch, loss_chunk=cfg.loss_chunk)
+        self.importance, self.probes, self.scorer = importance, probes, scorer
 
-        evo_cfg = EvolutionConfig(population=cfg.population, elites=cfg.elites, iterations=cfg.iterations,
-                                  crossover=cfg.crossover, mutation_depth=cfg.mutation_depth,
-                                  mutation_width=cfg.mutation_width, jitter_sigma=cfg.jitter_sigma,
-                                  budget_tolerance=cfg.budget_tolerance, seed=cfg.seed,
-                                  prior_powers=cfg.prior_power_list(), init_depth_flips=cfg.init_depth_flips)
-        from tracenas.search.strategies import strategy_class
+    def _setup_strategy(self) -> None:
+        cls = strategy_class(self.cfg.strategy)
+        self.strategy: SearchStrategy = cls(cls.config_from(self.cfg), self.space, self.budget, self.scorer.score,
+                                            prior=(self.importance.attn_prior(), self.importance.mlp_prior()))
+        self.strategy.on_scored, self.strategy.on_generation = self._on_scored, self._on_generation
 
-        if cfg.strategy == "uniform":
-            evo_cfg = dataclasses.replace(evo_cfg, population=2, elites=1, iterations=1)
-        evo = strategy_class(cfg.strategy)(evo_cfg, space, budget, scorer.score,
-                        prior=(importance.attn_prior(), importance.mlp_prior()))
-        history = out / HISTORY
-        timings = out / "search" / "timings.jsonl"
-        if resuming:
-            state = EvolutionState.from_dict(json.loads((out / STATE).read_text()))
-            evo.load_state(state)
-            _truncate_jsonl(history, state.history_len)
-            _truncate_jsonl(timings, state.history_len, required=False)
-            save_config(out, "search", dataclasses.replace(cfg, resume=False))  # records an extended --iterations
-            log.info("resuming after generation %d (%d candidates scored)", state.generation, state.history_len)
-        else:
-            for p in (history, timings):
-                if p.exists():
-                    p.unlink()
+    def resume(self) -> None:
+        """Load search/state.json and drop history/timing records the saved state does not know."""
+        self.strategy.load_state_dict(json.loads((self.out / STATE).read_text()))
+        state = self.strategy.state
+        _truncate_jsonl(self.history, state.history_len)
+        _truncate_jsonl(self.timings, state.history_len, required=False)
+        save_config(self.out, "search", dataclasses.replace(self.cfg, resume=False))  # records an extended --iterations
+        log.info("resuming after generation %d (%d candidates scored)", state.generation, state.history_len)
 
-        total = 1 if cfg.strategy == "uniform" else (
-            evo_cfg.population + (evo_cfg.iterations - 1) * (evo_cfg.population - evo_cfg.elites))
-        bar = _progress(total, evo.state.history_len, progress)
+    def _fresh_outputs(self) -> None:
+        for p in (self.history, self.timings):
+            if p.exists():
+                p.unlink()
 
-        def on_scored(cand: Candidate, generation: int, info: dict) -> None:
-            rec = {"index": evo.state.history_len - 1, "generation": generation, "score": _f(cand.score),
-                   "params": cand.params, "loss": _f(info.get("loss")), "genome": cand.genome.to_dict()}
-            for k in ("rho_attn", "rho_mlp"):
-                if k in info:
-                    rec[k] = [None if x is None else round(x, 6) for x in info[k]]
-            with open(history, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            with open(timings, "a") as fh:
-                fh.write(json.dumps({"index": rec["index"], "seconds": round(info.get("seconds", 0.0), 4)}) + "\n")
-            if bar is not None:
-                best = max((s for s in evo.state.scores.values() if s > float("-inf")), default=float("nan"))
-                bar.update(1)
-                bar.set_postfix(gen=generation, best=f"{best:.4f}", last=f"{cand.score:.4f}")
-
-        def on_generation(state: EvolutionState) -> None:
-            atomic_write_json(out / STATE, state.to_dict())
-            _write_arch(out, cfg, space, importance, state.best(), budget, source)
-            log.info("generation %d/%d: best %.4f mean %.4f", state.generation, evo_cfg.iterations,
-                     state.best_per_generation[-1], state.mean_per_generation[-1])
-
-        evo.on_scored, evo.on_generation = on_scored, on_generation
+    # --- search ----------------------------------------------------------------------------------
+    def search(self) -> Candidate | None:
+        """Run generations until the strategy is done; the best candidate ever scored."""
+        self.bar = _progress(self.strategy.planned_candidates(), self.strategy.state.history_len, self.progress)
         try:
-            best = evo.run()
+            while not self.strategy.done():
+                self.step()
         finally:  # also on an error, so that its message starts on a line of its own
-            if bar is not None:
-                bar.close()
-        if probes is not None:
-            probes.remove()
+            if self.bar is not None:
+                self.bar.close()
+        if self.probes is not None:
+            self.probes.remove()
+        return self.strategy.best()
+
+    def step(self) -> None:
+        self.strategy.step()
+
+    def _on_scored(self, cand: Candidate, generation: int, info: dict) -> None:
+        state = self.strategy.state
+        rec = {"index": state.history_len - 1, "generation": generation, "score": _f(cand.score),
+               "params": cand.params, "loss": _f(info.get("loss")), "genome": cand.genome.to_dict()}
+        for k in ("rho_attn", "rho_mlp"):
+            if k in info:
+                rec[k] = [None if x is None else round(x, 6) for x in info[k]]
+        with open(self.history, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        with open(self.timings, "a") as fh:
+            fh.write(json.dumps({"index": rec["index"], "seconds": round(info.get("seconds", 0.0), 4)}) + "\n")
+        if self.bar is not None:
+            best = max((s for s in state.scores.values() if s > float("-inf")), default=float("nan"))
+            self.bar.update(1)
+            self.bar.set_postfix(gen=generation, best=f"{best:.4f}", last=f"{cand.score:.4f}")
+
+    def _on_generation(self, state: EvolutionState) -> None:
+        atomic_write_json(self.out / STATE, self.strategy.state_dict())
+        self._write_arch(self.strategy.best())
+        log.info("generation %d/%d: best %.4f mean %.4f", state.generation, self.strategy.generations,
+                 state.best_per_generation[-1], state.mean_per_generation[-1])
+
+    # --- finalize --------------------------------------------------------------------------------
+    def finalize(self, best: Candidate | None) -> SearchResult:
+        """arch.json of the best candidate, search/summary.json, the plots."""
         if best is None:
             raise TracenasError("every candidate scored -inf (non-finite loss); see search.log")
-        _write_arch(out, cfg, space, importance, best, budget, source)
-        seconds = time.perf_counter() - t_start
-        summary = {"candidates_scored": evo.state.history_len, "rejected_draws": evo.state.rejected,
-                   "calibration_tokens": int(batches.numel()), "wall_seconds_this_session": round(seconds, 2),
-                   "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+        self._write_arch(best)
+        seconds = time.perf_counter() - self.t_start
+        state = self.strategy.state
+        summary = {"candidates_scored": state.history_len, "rejected_draws": state.rejected,
+                   "calibration_tokens": int(self.batches.numel()), "wall_seconds_this_session": round(seconds, 2),
+                   "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                    "threads": torch.get_num_threads()}
-        atomic_write_json(out / "search" / "summary.json", summary)
+        atomic_write_json(self.out / "search" / "summary.json", summary)
         try:
             from tracenas.report import plot_search
 
-            plot_search(out)
+            plot_search(self.out)
         except Exception as err:  # noqa: BLE001 - a plot must never fail a finished search
             log.warning("could not draw search plots: %s", err)
-        log.info("best %s: score %.4f, %s parameters", cfg.proxy, best.score, format_count(best.params))
-        return SearchResult(out, best, budget, space.base_params(), evo.state.history_len, seconds)
-    finally:
-        logging.getLogger("tracenas").removeHandler(handler)
-        handler.close()
+        log.info("best %s: score %.4f, %s parameters", self.cfg.proxy, best.score, format_count(best.params))
+        return SearchResult(self.out, best, self.budget, self.space.base_params(), state.history_len, seconds)
+
+    def _write_arch(self, best: Candidate | None) -> None:
+        _write_arch(self.out, self.cfg, self.space, self.importance, best, self.budget, self.source)
 
 
 def _f(x):
@@ -324,4 +379,4 @@ def read_arch(path: str | os.PathLike) -> ArchFile:
     return ArchFile.from_json(p.read_text())
 
 
-__all__ = ["SearchResult", "read_arch", "run_search", "Genome"]
+__all__ = ["SearchRecipe", "SearchResult", "read_arch", "run_search", "Genome"]

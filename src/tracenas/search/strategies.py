@@ -4,21 +4,40 @@
 * `random`: random genomes (random depth and widths, repaired into the budget window), drawn in
   generations of the same sizes as the evolution, so both spend the same number of candidates
   (the paper's Table 4 "Random Search" row). The best by the proxy wins.
+
+Both implement `SearchStrategy` directly and share the evolution's operators by composition.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 from tracenas.arch import Genome
-from tracenas.search.evolution import Evolution
+from tracenas.search.operators import importance_anchor, num_layers
+from tracenas.search.registry import strategy_class, strategy_names
+from tracenas.search.state import EvolutionConfig
+from tracenas.search.strategy import SearchStrategy
 
-STRATEGIES = ("evolution", "uniform", "random")
+if TYPE_CHECKING:
+    from tracenas.search.config import SearchConfig
+
+STRATEGIES = strategy_names()  # the built-in ones; `strategy_names()` also lists registered ones
 
 
-class UniformSearch(Evolution):
+class UniformSearch(SearchStrategy):
+    @classmethod
+    def config_from(cls, search: SearchConfig) -> EvolutionConfig:
+        # one candidate, one generation; --population/--elites do not apply
+        return dataclasses.replace(super().config_from(search), population=2, elites=1, iterations=1)
+
+    def planned_candidates(self) -> int:
+        return 1
+
     def uniform_genome(self) -> Genome:
         """All blocks kept, one attention ratio and one MLP ratio for every block, inside the budget
         window, with the two ratios as close to each other as the grid allows."""
-        n = self._num_layers()
+        n = num_layers(self.space, None)
         lo, hi = self.window
         best = None
         for a_units in range(1, self.space.attn_units + 1):
@@ -30,7 +49,7 @@ class UniformSearch(Evolution):
                     if self.space.params(g) >= lo and (best is None or abs(a - m) < abs(best.attn[0] - best.mlp[0])):
                         best = g
                     break
-        return best if best is not None else self.anchor(power=0.0)
+        return best if best is not None else importance_anchor(self.repair, self.prior, power=0.0)
 
     def initial_population(self) -> list[Genome]:
         return [self.uniform_genome()]
@@ -39,9 +58,9 @@ class UniformSearch(Evolution):
         return [c.genome for c in self.state.population]
 
 
-class RandomSearch(Evolution):
+class RandomSearch(SearchStrategy):
     def _random(self) -> Genome:
-        n = len(self.prior[0]) if self.prior else self._num_layers()
+        n = num_layers(self.space, self.prior)
         keep = [True] * n
         drops = int(self.rng.integers(0, n - self.space.min_layers + 1))
         for k in self.rng.permutation(n)[:drops].tolist():
@@ -50,27 +69,14 @@ class RandomSearch(Evolution):
         mlp = tuple(float(x) for x in self.rng.uniform(0.05, 1.0, size=n))
         return Genome(tuple(keep), attn, mlp)
 
-    def _draw(self, count: int, pop: list[Genome]) -> list[Genome]:
-        taken = {g.key() for g in pop}
-        while len(pop) < count:
-            g = self._fresh(self._random, taken)
-            taken.add(g.key())
-            pop.append(g)
-        return pop
-
     def initial_population(self) -> list[Genome]:
-        return self._draw(self.cfg.population, [])
+        return self.draws.fill(self._random, [], self.cfg.population, self.state)
 
     def next_population(self) -> list[Genome]:
         # keep the best so far (as elites) and draw fresh random genomes for the rest
         ranked = sorted(self.state.population, key=lambda c: (-c.score, c.genome.key()))
-        return self._draw(self.cfg.population, [c.genome for c in ranked[: self.cfg.elites]])
+        elites = [c.genome for c in ranked[: self.cfg.elites]]
+        return self.draws.fill(self._random, elites, self.cfg.population, self.state)
 
 
-def strategy_class(name: str) -> type[Evolution]:
-    from tracenas.errors import TracenasError
-
-    classes = {"evolution": Evolution, "uniform": UniformSearch, "random": RandomSearch}
-    if name not in classes:
-        raise TracenasError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    return classes[name]
+__all__ = ["RandomSearch", "STRATEGIES", "UniformSearch", "strategy_class"]

@@ -19,9 +19,9 @@ def sample_candidates(space: SearchSpace, budget: int, n: int, seed: int = 0, to
     Candidate i depends only on (seed, i) and the candidates before it, so a larger `n` extends a
     smaller sample. Widths are random then rescaled into the window by the search's repair.
     """
-    from tracenas.search.evolution import Evolution, EvolutionConfig
+    from tracenas.search.operators import BudgetRepair
 
-    evo = Evolution(EvolutionConfig(budget_tolerance=tolerance, seed=seed), space, budget, lambda g: (0.0, {}))
+    repair = BudgetRepair(space, budget, tolerance)
     layers, lmin = space.shape.num_layers, space.min_layers
     out: list[tuple[Genome, str]] = []
     seen: set[str] = set()
@@ -40,7 +40,7 @@ def sample_candidates(space: SearchSpace, budget: int, n: int, seed: int = 0, to
             keep = tuple(j in kept for j in range(layers))
             attn = tuple(float(x) for x in rng.uniform(lo, 1.0, layers))
             mlp = tuple(float(x) for x in rng.uniform(lo, 1.0, layers))
-            g = evo.repair(Genome(keep, attn, mlp))
+            g = repair(Genome(keep, attn, mlp))
             if g is not None and g.key() not in seen:
                 seen.add(g.key())
                 out.append((g, family))
