@@ -196,6 +196,11 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def is_done(path: str | Path) -> bool:
+    """Whether the benchmark report `path` (a bench.json) exists."""
+    return Path(path).is_file()
+
+
 def run_bench(model_dir: str | Path, cfg: BenchConfig | None = None) -> dict[str, Any]:
     """Benchmark the pruned checkpoint (and its base, when known); write and return bench.json's content."""
     cfg = (cfg or BenchConfig()).resolved()

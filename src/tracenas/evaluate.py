@@ -21,6 +21,7 @@ import math
 import tempfile
 import time
 from collections import defaultdict
+import os
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,11 @@ def _versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def is_done(out: str | os.PathLike) -> bool:
+    """Whether an evaluation wrote its results to `out`."""
+    return (Path(out) / "results.json").is_file()
 
 
 def evaluate(cfg: EvalConfig, *, model: nn.Module | None = None, tokenizer=None, progress: bool = True) -> dict:

@@ -367,6 +367,11 @@ def export_pruned(model: nn.Module, tokenizer, selection: list[LayerSelection], 
 
 
 # --- run directories ---------------------------------------------------------------------------------------
+def is_done(run_dir: str | os.PathLike) -> bool:
+    """Whether `run_dir` holds its exported model (`RUN_DIR/model`)."""
+    return (Path(run_dir) / "model" / "config.json").is_file()
+
+
 def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
                out: str | os.PathLike | None = None, dtype: str = "float32", settings: dict | None = None) -> Path:
     """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`).
@@ -436,5 +441,5 @@ def _load_tokenizer(source):
         return None
 
 
-__all__ = ["check_genome", "check_layers", "check_selection", "export_pruned", "export_run", "load_pruned", "model_card",
+__all__ = ["is_done", "check_genome", "check_layers", "check_selection", "export_pruned", "export_run", "load_pruned", "model_card",
            "save_pruned", "to_torch_dtype"]

@@ -76,15 +76,6 @@ class RunConfig:
         return stages
 
 
-def _search_done(out: Path, iterations_expected: int | None) -> bool:
-    summary, state = out / "search" / "summary.json", out / "search" / "state.json"
-    if not (summary.exists() and state.exists() and (out / "arch.json").exists()):
-        return False
-    if iterations_expected is None:
-        return True
-    return json.loads(state.read_text())["generation"] >= iterations_expected
-
-
 def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
     """Run every requested stage that is not complete yet; returns the report's data."""
     from tracenas.search.config import SearchConfig
@@ -110,36 +101,39 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
     iterations = strategy_class(cfg.strategy).config_from(search_cfg).iterations  # uniform: 1
 
     if "search" in stages:
-        if _search_done(out, iterations):
+        from tracenas.search import runner as search_stage
+
+        if search_stage.is_done(out, iterations):
             log.info("search: complete, skipped")
         else:
-            from tracenas.search.runner import run_search
-
             t = time.perf_counter()
             resume = (out / "search" / "state.json").exists()
-            run_search(dataclasses.replace(search_cfg, resume=resume), progress=progress)
+            search_stage.run_search(dataclasses.replace(search_cfg, resume=resume), progress=progress)
             timings["search"] = time.perf_counter() - t
 
     model_dir = out / "model"
     if "export" in stages:
-        if (model_dir / "config.json").exists():
+        from tracenas import export as export_stage
+
+        if export_stage.is_done(out):
             log.info("export: complete, skipped")
         else:
-            from tracenas.export import export_run
-
             t = time.perf_counter()
-            export_run(out, model_spec=cfg.model)
+            export_stage.export_run(out, model_spec=cfg.model)
             timings["export"] = time.perf_counter() - t
 
     rec_dir = out / "recover"
     recovered = rec_dir / "model"
     if "recover" in stages:
-        if (rec_dir / "recover.json").exists() and json.loads((rec_dir / "recover.json").read_text()).get("completed"):
+        from tracenas.recover import RecoverConfig, recover
+        from tracenas.recover import is_done as recover_done
+
+        if recover_done(rec_dir):
             log.info("recover: complete, skipped")
         else:
-            from tracenas.recover import RecoverConfig, recover
+            from tracenas.export import is_done as export_done
 
-            if not (model_dir / "config.json").exists():
+            if not export_done(out):
                 raise TracenasError(f"recover needs the exported model in {model_dir}; run the export stage")
             t = time.perf_counter()
             rc = RecoverConfig(model=str(model_dir), data=cfg.data, preset=cfg.preset, tokens=cfg.recover_tokens,
@@ -151,13 +145,14 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
 
     if "eval" in stages:
         from tracenas.evaluate import EvalConfig, evaluate
+        from tracenas.evaluate import is_done as eval_done
 
         targets = [("pruned", str(model_dir)), ("recovered", str(recovered))]
         if cfg.eval_base:
             targets.insert(0, ("base", cfg.model))
         for name, spec in targets:
             res_dir = out / "eval" / name
-            if (res_dir / "results.json").exists():
+            if eval_done(res_dir):
                 log.info("eval %s: complete, skipped", name)
                 continue
             if name != "base" and not (Path(spec) / "config.json").exists():
@@ -170,7 +165,9 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
             timings[f"eval_{name}"] = time.perf_counter() - t
 
     if "bench" in stages:
-        if (out / "bench.json").exists():
+        from tracenas import bench as bench_stage
+
+        if bench_stage.is_done(out / "bench.json"):
             log.info("bench: complete, skipped")
         else:
             from tracenas.bench import BenchConfig, run_bench

@@ -37,6 +37,7 @@ _EXPORTS = {
     "chunked_lm_loss": "losses",
     "plot_loss": "plots",
     "recover": "runner",
+    "is_done": "runner",
     "Recovery": "runner",
     "save_recovered": "save",
     "lr_at": "schedule",

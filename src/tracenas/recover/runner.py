@@ -316,6 +316,12 @@ class Recovery:
             return self.finalize()
 
 
+def is_done(out: str | os.PathLike) -> bool:
+    """Whether the recovery in `out` ran every step (its `recover.json` says so)."""
+    path = Path(out) / "recover.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("completed"))
+
+
 def recover(cfg: RecoverConfig, *, model: nn.Module | None = None, tokenizer=None, progress: bool = True,
             callback: Callable[[dict], None] | None = None) -> RecoverResult:
     """Continued pretraining per `cfg`; returns what was done. A passed `model` is trained in place.

@@ -370,13 +370,13 @@ def _write_arch(out: Path, cfg: SearchConfig, space: SearchSpace, importance: Im
     atomic_write_text(out / "arch.json", af.to_json() + "\n")
 
 
-def read_arch(path: str | os.PathLike) -> ArchFile:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "arch.json"
-    if not p.is_file():
-        raise RunDirError(f"no arch.json at {p}; run `tracenas search` first")
-    return ArchFile.from_json(p.read_text())
+def is_done(out: str | os.PathLike, iterations: int | None = None) -> bool:
+    """Whether the search in `out` has finished (at least `iterations` generations, when given)."""
+    out = Path(out)
+    summary, state = out / "search" / "summary.json", out / STATE
+    if not (summary.exists() and state.exists() and (out / "arch.json").exists()):
+        return False
+    return iterations is None or json.loads(state.read_text())["generation"] >= iterations
 
 
-__all__ = ["SearchRecipe", "SearchResult", "read_arch", "run_search", "Genome"]
+__all__ = ["SearchRecipe", "SearchResult", "is_done", "run_search", "Genome"]
