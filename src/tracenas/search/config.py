@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tracenas.config import opt, parse_budget_spec
 from tracenas.errors import TracenasError
-from tracenas.proxy_names import proxy_names
+from tracenas.proxy_registry import get_proxy, proxy_names
 
 PRESETS: dict[str, dict] = {
     # Paper Table 5 / Sec. 4.1: 16 x 4096 calibration tokens, population 30, 10 elites, 50 iterations.
@@ -60,8 +60,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise TracenasError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        if self.proxy is not None and self.proxy not in proxy_names():
-            raise TracenasError(f"unknown proxy {self.proxy!r}; choose from {', '.join(proxy_names())}")
+        if self.proxy is not None:
+            get_proxy(self.proxy)  # the registry as it is now: an unknown name is a one-line error
         for name in ("num_sequences", "seq_len", "rank", "population", "elites", "iterations", "micro_batch",
                      "loss_chunk"):
             value = getattr(self, name)

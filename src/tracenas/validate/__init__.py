@@ -16,15 +16,12 @@ import importlib
 # public name -> the submodule that defines it
 _EXPORTS = {
     "sample_candidates": "candidates",
-    "BUILTIN": "config",
     "FAMILIES": "config",
-    "FORWARD_PROXIES": "config",
-    "LABELS": "config",
     "PRESETS": "config",
-    "TRACE_PROXIES": "config",
     "VARIANTS": "config",
     "ValidateConfig": "config",
     "ValidationResult": "config",
+    "proxy_label": "config",
     "Records": "records",
     "append_record": "records",
     "read_records": "records",
