@@ -181,7 +181,7 @@ def test_validator_one_pass_scores_equal_standalone_scorers(tiny_setup):
     assert full["phi_all"] == pytest.approx(1.0)
 
 
-def test_any_registered_proxy_is_scored_with_the_candidates_masks(tiny_setup):
+def test_any_registered_proxy_is_scored_with_the_candidates_masks(tiny_setup, tmp_path, capsys):
     model, adapter, space, imp, _ = tiny_setup
 
     def kept_q_rows(model, adapter, batches, genome, scorer):  # sees the masked weights
@@ -190,6 +190,8 @@ def test_any_registered_proxy_is_scored_with_the_candidates_masks(tiny_setup):
 
     with pytest.raises(TracenasError, match="unknown proxies kept_q_rows"):
         ValidateConfig(**{**TINY, "proxies": "phi,kept_q_rows"})
+    assert cli_main(["validate-proxy", "--out", str(tmp_path / "v"), "--proxies", "phi,kept_q_rows"]) == 2
+    assert "unknown proxies kept_q_rows" in capsys.readouterr().err and not (tmp_path / "v").exists()
     # registered after every tracenas module was imported: the config, "all" and the Validator see it
     proxy_mod.register_proxy("kept_q_rows", kept_q_rows, "query rows kept")
     try:

@@ -1,7 +1,7 @@
 """Proxy validation (`tracenas validate-proxy`, paper Sec. 4.2, Table 1, Fig. 3): do proxy scores rank
 pruned candidates like their held-out perplexity after an equal short recovery?
 
-    config      ValidateConfig, presets, proxy names     candidates  sample_candidates
+    config      ValidateConfig, presets, Φ variants      candidates  sample_candidates
     truth       short_recover, ground_truth              scoring     Validator: proxy scores from shared passes
     records     candidates.jsonl (append, read, index)   stats       rank correlations over seeds
     report      table.md, results.json, plots            runner      run_validation (resume, torchrun ranks)
