@@ -14,7 +14,7 @@ from tracenas import proxy as proxy_mod
 from tracenas.cli import build_parser, main
 from tracenas.errors import TracenasError
 from tracenas.models import loading
-from tracenas.proxy_names import PROXY_HELP, proxy_names
+from tracenas.proxy_registry import NEEDS, get_proxy, proxy_names, unregister
 from tracenas.search.config import SearchConfig
 
 HEAVY = ("torch", "transformers", "accelerate", "lm_eval", "gensim", "matplotlib")
@@ -64,24 +64,25 @@ def test_cli_and_every_verbs_help_do_not_import_torch_or_transformers():
 def test_search_proxy_choices_are_the_registry_and_every_name_is_implemented():
     parser, _ = build_parser()
     search = parser._subparsers._group_actions[0].choices["search"]
-    assert tuple(search._option_string_actions["--proxy"].choices) == proxy_names() == proxy_mod.PROXIES
+    assert tuple(search._option_string_actions["--proxy"].choices) == proxy_names() == proxy_mod.available_proxies()
     for name in proxy_names():
-        assert name in proxy_mod.GRADIENT_PROXIES or name in ("params", "synflow") or name in proxy_mod.CUSTOM_PROXIES
+        entry = get_proxy(name)  # `.method` imports the implementing module and checks it has the needed hook
+        assert callable(getattr(entry.method, NEEDS[entry.needs])) and callable(entry.method.measure), name
 
 
-def test_a_registered_proxy_becomes_a_search_choice(monkeypatch):
+def test_a_registered_proxy_becomes_a_search_choice():
     name = "test_constant"
-    # registered below; undone by monkeypatch (the keys are deleted, PROXIES restored)
-    monkeypatch.setitem(PROXY_HELP, name, "")
-    monkeypatch.setitem(proxy_mod.CUSTOM_PROXIES, name, None)
-    monkeypatch.setattr(proxy_mod, "PROXIES", proxy_mod.PROXIES)
-    del PROXY_HELP[name]
     with pytest.raises(TracenasError, match="unknown proxy"):
         SearchConfig(proxy=name)
     proxy_mod.register_proxy(name, lambda *args: 1.0, "always 1")
-    parser, _ = build_parser()
-    assert parser.parse_args(["search", "--proxy", name]).proxy == name
-    assert SearchConfig(proxy=name).proxy == name and name in proxy_mod.available_proxies()
+    try:
+        parser, _ = build_parser()
+        assert parser.parse_args(["search", "--proxy", name]).proxy == name
+        assert SearchConfig(proxy=name).proxy == name and name in proxy_mod.available_proxies()
+        assert get_proxy(name).help == "always 1" and get_proxy(name).needs == "model"
+    finally:
+        unregister(name)
+    assert name not in proxy_names()
 
 
 @pytest.mark.parametrize("package", ["tracenas.recover", "tracenas.validate"])

@@ -6,7 +6,8 @@ import torch
 from tracenas.arch import Genome, SearchSpace
 from tracenas.masking import compute_importance
 from tracenas.models import get_adapter
-from tracenas.proxy import PROXIES, Scorer, TraceProbes, causal_lm_loss, pearson
+from tracenas.proxy import Scorer, TraceProbes, causal_lm_loss, pearson
+from tracenas.proxy_registry import proxy_names
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_phi_drops_when_a_sub_block_is_pruned(setup):
     assert scorer.score(Genome.full(n))[0] == pytest.approx(full)
 
 
-@pytest.mark.parametrize("proxy", PROXIES)
+@pytest.mark.parametrize("proxy", proxy_names())
 def test_every_proxy_scores_and_orders_full_above_heavily_pruned(setup, proxy):
     model, adapter, space, imp, probes, base, batches = setup
     scorer = Scorer(model, adapter, space, imp, batches, proxy, probes, base, micro_batch=2)

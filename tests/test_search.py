@@ -168,3 +168,33 @@ def test_resume_with_run_time_resolved_defaults(tiny_model_dir, tmp_path):
                                   **{**cfg, "iterations": 2}), progress=False)
     assert json.loads((out / "search/state.json").read_text())["generation"] == 2
     assert res.candidates_scored > 5
+
+
+def test_proxy_registered_after_import_is_accepted_by_the_cli_search(tiny_model_dir, tmp_path):
+    """`tracenas.cli` and `tracenas.search.config` are imported above; the proxy is registered only now."""
+    from tracenas.arch import Genome
+    from tracenas.proxy import register_proxy
+    from tracenas.proxy_registry import unregister
+
+    seen: dict[str, float] = {}
+
+    def kept_q_rows(model, adapter, batches, genome, scorer):  # under the masks: pruned heads are zero rows
+        value = float(sum(int(adapter.attn_proj(layer, "q_proj").weight.abs().sum(1).gt(0).sum())
+                          for i, layer in enumerate(adapter.layers()) if genome.keep[i]))
+        seen[genome.key()] = value
+        return value
+
+    out = tmp_path / "late"
+    flags = [x for k, v in {**TINY, "iterations": 2}.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    register_proxy("kept_q_rows", kept_q_rows, "query rows kept (test)")
+    try:
+        assert main(["search", "--model", str(tiny_model_dir), "--out", str(out), "--proxy", "kept_q_rows",
+                     *flags]) == 0
+    finally:
+        unregister("kept_q_rows")
+    assert json.loads((out / "arch.json").read_text())["proxy"] == "kept_q_rows"
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["score"] for h in history] == [seen[Genome.from_dict(h["genome"]).key()] for h in history]
+    assert len({h["score"] for h in history}) > 1
+    with pytest.raises(SystemExit):  # unregistered again: no longer a --proxy choice
+        main(["search", "--model", str(tiny_model_dir), "--out", str(tmp_path / "gone"), "--proxy", "kept_q_rows"])

@@ -18,10 +18,11 @@ from tracenas import proxy as proxy_mod
 from tracenas import validate, zero_cost
 from tracenas.arch import Genome, SearchSpace
 from tracenas.cli import main as cli_main
-from tracenas.errors import RunDirError
+from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import compute_importance
 from tracenas.models import get_adapter
 from tracenas.proxy import Scorer, TraceProbes
+from tracenas.proxy_registry import proxy_names, unregister
 from tracenas.validate import (
     ValidateConfig,
     Validator,
@@ -156,7 +157,7 @@ def test_validator_one_pass_scores_equal_standalone_scorers(tiny_setup):
     cfg = ValidateConfig(**{**TINY, "sweep": True, "naswot_tokens": 256}).resolved()  # 256: all tokens, as alone
     val = Validator(cfg, model, adapter, space, make_tiny_tokenizer(), importance=imp)
     ctx = val.context(0)
-    names = list(validate.BUILTIN) + list(validate.VARIANTS)
+    names = list(proxy_names()) + list(validate.VARIANTS)
     genome = _pruned(space)
     scores, cost, sweep = val.score(ctx, genome, names, with_sweep=True)
     assert set(names) <= set(scores) and set(names) <= set(cost)
@@ -180,20 +181,28 @@ def test_validator_one_pass_scores_equal_standalone_scorers(tiny_setup):
     assert full["phi_all"] == pytest.approx(1.0)
 
 
-def test_any_registered_proxy_is_scored_with_the_candidates_masks(tiny_setup, monkeypatch):
+def test_any_registered_proxy_is_scored_with_the_candidates_masks(tiny_setup, tmp_path, capsys):
     model, adapter, space, imp, _ = tiny_setup
 
     def kept_q_rows(model, adapter, batches, genome, scorer):  # sees the masked weights
         return float(sum(int(adapter.attn_proj(layer, "q_proj").weight.abs().sum(1).gt(0).sum())
                          for i, layer in enumerate(adapter.layers()) if genome.keep[i]))
 
-    monkeypatch.setitem(proxy_mod.CUSTOM_PROXIES, "kept_q_rows", kept_q_rows)
-    monkeypatch.setattr(proxy_mod, "PROXIES", proxy_mod.PROXIES + ("kept_q_rows",))
-    cfg = ValidateConfig(**{**TINY, "proxies": "phi,kept_q_rows"}).resolved()
-    assert validate.proxy_names(cfg) == ["phi", "kept_q_rows"]
-    val = Validator(cfg, model, adapter, space, make_tiny_tokenizer(), importance=imp)
-    genome = _pruned(space)
-    scores, cost, _ = val.score(val.context(0), genome, ["phi", "kept_q_rows"])
+    with pytest.raises(TracenasError, match="unknown proxies kept_q_rows"):
+        ValidateConfig(**{**TINY, "proxies": "phi,kept_q_rows"})
+    assert cli_main(["validate-proxy", "--out", str(tmp_path / "v"), "--proxies", "phi,kept_q_rows"]) == 2
+    assert "unknown proxies kept_q_rows" in capsys.readouterr().err and not (tmp_path / "v").exists()
+    # registered after every tracenas module was imported: the config, "all" and the Validator see it
+    proxy_mod.register_proxy("kept_q_rows", kept_q_rows, "query rows kept")
+    try:
+        cfg = ValidateConfig(**{**TINY, "proxies": "phi,kept_q_rows"}).resolved()
+        assert validate.proxy_names(cfg) == ["phi", "kept_q_rows"]
+        assert ValidateConfig(**TINY).proxy_list()[-1] == "kept_q_rows"
+        val = Validator(cfg, model, adapter, space, make_tiny_tokenizer(), importance=imp)
+        genome = _pruned(space)
+        scores, cost, _ = val.score(val.context(0), genome, ["phi", "kept_q_rows"])
+    finally:
+        unregister("kept_q_rows")
     expected = sum(la.num_heads * space.shape.head_dim for la in space.layer_arch(genome) if la.keep)
     assert scores["kept_q_rows"] == expected and "kept_q_rows" in cost
 
@@ -227,7 +236,7 @@ def test_study_writes_table_results_scatter_and_sweep(study):
         assert (study / name).is_file(), name
     res = json.loads((study / "results.json").read_text())
     assert res["candidates"] == 5
-    for name in list(validate.BUILTIN) + list(validate.VARIANTS):
+    for name in list(proxy_names()) + list(validate.VARIANTS):
         entry = res["proxies"][name]
         assert set(entry["vs"]) == {"0", "1", "2"}
         assert len(entry["vs"]["2"]["kendall"]["per_seed"]) == 2

@@ -2,13 +2,17 @@
 
     probes = TraceProbes(model, adapter, rank=64, seed=0)       # y = Wx + B(Ax), A fixed, B = 0
     base = probes.trace(batches)                                # g_base, once
-    scorer = Scorer(model, adapter, space, importance, batches, probes, base, proxy="phi")
+    scorer = Scorer(model, adapter, space, importance, batches, "phi", probes, base)
     phi, info = scorer.score(genome)                            # masks applied in place and restored
 
 A trace is the gradient of the calibration loss w.r.t. every probe's B, averaged over the calibration
 batches: `dL/dB = G (A x)ᵀ`, the full weight gradient projected on A. A's own gradient is zero at B = 0
 and is never part of a trace. Φ = Σ over kept blocks of r_attn·ρ_attn + r_mlp·ρ_mlp, where ρ is the
 Pearson correlation of the concatenated (q,k,v,o) or (gate,up,down) traces of candidate vs base.
+
+Every proxy is a `ProxyMethod` behind an entry of `tracenas.proxy_registry` (name, help, the pass it
+needs); `Scorer` and the validator dispatch through those objects. This module holds the trace proxies,
+SynFlow and #Params; `tracenas.zero_cost` the forward-only ones; `register_proxy` adds yours.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,42 +30,36 @@ from torch.utils.checkpoint import checkpoint
 from tracenas.arch import Genome, SearchSpace
 from tracenas.masking import Importance, LayerSelection, head_rows, masked, select
 from tracenas.models.adapter import ATTN_PROJ, MLP_PROJ, ModelAdapter
-from tracenas.proxy_names import PROXY_HELP, add_proxy_name, proxy_names
+from tracenas.proxy_registry import Proxy, get_proxy, proxy_names, register
 
 log = logging.getLogger(__name__)
 
-GRADIENT_PROXIES = ("phi", "pearson", "cosine", "dot", "gradnorm")
-# Every selectable name (the zero-cost ones are implemented in tracenas.zero_cost, imported at the end);
-# register_proxy keeps it in step with the torch-free registry the CLI reads.
-PROXIES = proxy_names()
-
 Traces = dict[tuple[int, str], torch.Tensor]
-
-# Forward-only / other proxies registered by name: fn(model, adapter, batches, genome, scorer) -> float,
-# evaluated with the candidate's masks applied (see `register_proxy`).
-CUSTOM_PROXIES: dict[str, Callable] = {}
-CUSTOM_PREPARE: dict[str, Callable] = {}
 
 
 def register_proxy(name: str, fn: Callable, help: str | None = None,  # noqa: A002
-                   prepare: Callable | None = None) -> None:
-    """Make a proxy selectable by name everywhere (`--proxy NAME`, validate-proxy).
+                   prepare: Callable | None = None, *, needs: str = "model", label: str | None = None) -> None:
+    """Make a proxy selectable by name everywhere (`--proxy NAME`, validate-proxy), from now on.
 
-    `help` describes it; it may be left out only for the built-in names of `tracenas.proxy_names`.
-    `prepare(scorer)`, if given, runs once on the unmasked model when a `Scorer` for it is built.
+    `fn(model, adapter, batches, genome, scorer) -> float` is evaluated with the candidate's masks
+    applied; `prepare(scorer)`, if given, runs once on the unmasked model when a `Scorer` for it is
+    built. `help` describes it (it may be left out when replacing a registered name). A `ProxyMethod`
+    may be passed as `fn` instead, with the `needs` whose hook it defines (tracenas.proxy_registry.NEEDS).
     """
-    global PROXIES
-    if help is None and name not in PROXY_HELP:
-        raise ValueError(f"register_proxy({name!r}) needs a help text")
-    CUSTOM_PROXIES[name] = fn
-    if prepare is not None:
-        CUSTOM_PREPARE[name] = prepare
-    add_proxy_name(name, PROXY_HELP[name] if help is None else help)
-    PROXIES = proxy_names()
+    if help is None:
+        help = get_proxy(name).help  # raises for a new name: it needs a description
+    if isinstance(fn, ProxyMethod):
+        if prepare is not None:
+            raise ValueError("register_proxy: give a ProxyMethod its prepare() instead of prepare=")
+        method = fn
+    else:
+        method = FunctionProxy(fn, prepare)
+    register(Proxy(name, help, needs, method, label))
 
 
 def available_proxies() -> tuple[str, ...]:
-    return PROXIES
+    """Every selectable proxy now (read from the registry at each call)."""
+    return proxy_names()
 
 
 class TraceProbes:
@@ -189,9 +187,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denom) if denom > 0 else 0.0
 
 
-SIMILARITY: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
-    "phi": pearson, "pearson": pearson, "cosine": cosine, "dot": lambda a, b: float(a @ b),
-}
+def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b)
 
 
 @dataclass
@@ -201,26 +198,156 @@ class TraceScore:
     rho_mlp: list[float | None] = field(default_factory=list)
 
 
-def trace_score(proxy: str, cand: Traces, base: Traces, genome: Genome) -> TraceScore:
-    """Aggregate per-sub-block similarities of candidate vs base traces into one score."""
-    if proxy == "gradnorm":
-        sq = sum(float(t.double().pow(2).sum()) for (i, _), t in cand.items() if genome.keep[i])
+@dataclass
+class TracePass:
+    """One gradient-trace pass of a candidate: what every proxy with `needs="traces"` is computed from."""
+
+    traces: Traces  # the candidate's trace, averaged over the calibration batches
+    base: Traces | None  # the unpruned model's, on the same batches and probes
+    samples: Any = None  # per-sequence statistics (tracenas.zero_cost.ZicoAccumulator) when the pass kept them
+
+
+class NonFiniteTraces(Exception):
+    """The candidate's loss or traces are not finite (the Scorer scores it -inf)."""
+
+    def __init__(self, loss: float) -> None:
+        super().__init__(loss)
+        self.loss = loss
+
+
+# --------------------------------------------------------------------------- proxy methods
+
+
+class ProxyMethod:
+    """How one registered proxy scores a candidate (the object behind a `tracenas.proxy_registry.Proxy`).
+
+    `measure` scores one candidate alone, for `Scorer`. The validator instead runs each pass once per
+    candidate and calls the hook named by the entry's `needs`: `from_traces(TracePass, genome)`,
+    `from_stats(stats)` (with `stat`, the forward statistic it reads), `evaluate(model, adapter, batches,
+    genome, scorer)` under the masks, or `from_genome(space, genome)`.
+    """
+
+    needs_probes = False  # Scorer must be given TraceProbes (the search builds them for these)
+    needs_base = False  # ... and the base model's traces
+
+    def prepare(self, scorer: Scorer) -> None:
+        """Run once on the unmasked model when a Scorer is built (e.g. `kl` caches the base outputs)."""
+
+    def measure(self, scorer: Scorer, genome: Genome) -> tuple[float, dict]:
+        """(score, info) of `genome` alone; by default under the candidate's masks, restored afterwards."""
+        selection = select(scorer.space, genome, scorer.importance)
+        with masked(scorer.model, scorer.adapter, selection):
+            return self.measure_masked(scorer, genome, selection)
+
+    def measure_masked(self, scorer: Scorer, genome: Genome, selection: list[LayerSelection]) -> tuple[float, dict]:
+        raise NotImplementedError
+
+
+class TraceMethod(ProxyMethod):
+    """A score of the candidate's LoRA-B traces (`from_traces`), measured alone with the Scorer's probes."""
+
+    needs_probes = True
+
+    def from_traces(self, trace_pass: TracePass, genome: Genome) -> TraceScore:
+        raise NotImplementedError
+
+    def measure_masked(self, scorer: Scorer, genome: Genome, selection: list[LayerSelection]) -> tuple[float, dict]:
+        shape = scorer.space.shape
+        scorer.probes.set_selection(selection, shape.head_dim, shape.num_heads)
+        try:
+            active = {i for i, k in enumerate(genome.keep) if k}
+            traces, loss = scorer.probes.trace(scorer.batches, scorer.micro_batch, scorer.loss_chunk, active)
+        finally:
+            scorer.probes.set_selection(None, shape.head_dim, shape.num_heads)
+        if not (math.isfinite(loss) and all(torch.isfinite(t).all() for t in traces.values())):
+            raise NonFiniteTraces(loss)
+        ts = self.from_traces(TracePass(traces, scorer.base_traces), genome)
+        return ts.score, {"rho_attn": ts.rho_attn, "rho_mlp": ts.rho_mlp, "loss": loss}
+
+
+class Similarity(TraceMethod):
+    """Σ over kept blocks of w_attn·sim(attn traces) + w_mlp·sim(mlp traces), candidate vs base.
+
+    The weights are the kept ratios r_attn, r_mlp (`weighted`, Φ) or 1 (the unweighted ablation).
+    """
+
+    needs_base = True
+
+    def __init__(self, sim: Callable[[torch.Tensor, torch.Tensor], float], weighted: bool = True) -> None:
+        self.sim, self.weighted = sim, weighted
+
+    def from_traces(self, trace_pass: TracePass, genome: Genome) -> TraceScore:
+        cand, base = trace_pass.traces, trace_pass.base
+        total, ra, rm = 0.0, [], []
+        for i, keep in enumerate(genome.keep):
+            if not keep:
+                ra.append(None)
+                rm.append(None)
+                continue
+            rho_a = self.sim(_flat(cand, i, ATTN_PROJ), _flat(base, i, ATTN_PROJ))
+            rho_m = self.sim(_flat(cand, i, MLP_PROJ), _flat(base, i, MLP_PROJ))
+            ra.append(rho_a)
+            rm.append(rho_m)
+            wa, wm = (genome.attn[i], genome.mlp[i]) if self.weighted else (1.0, 1.0)
+            total += wa * rho_a + wm * rho_m
+        return TraceScore(total, ra, rm)
+
+
+class GradNorm(TraceMethod):
+    """L2 norm of the candidate's traces over its kept blocks."""
+
+    def from_traces(self, trace_pass: TracePass, genome: Genome) -> TraceScore:
+        sq = sum(float(t.double().pow(2).sum()) for (i, _), t in trace_pass.traces.items() if genome.keep[i])
         return TraceScore(math.sqrt(sq))
-    sim = SIMILARITY[proxy]
-    weighted = proxy != "pearson"
-    total, ra, rm = 0.0, [], []
-    for i, keep in enumerate(genome.keep):
-        if not keep:
-            ra.append(None)
-            rm.append(None)
-            continue
-        rho_a = sim(_flat(cand, i, ATTN_PROJ), _flat(base, i, ATTN_PROJ))
-        rho_m = sim(_flat(cand, i, MLP_PROJ), _flat(base, i, MLP_PROJ))
-        ra.append(rho_a)
-        rm.append(rho_m)
-        wa, wm = (genome.attn[i], genome.mlp[i]) if weighted else (1.0, 1.0)
-        total += wa * rho_a + wm * rho_m
-    return TraceScore(total, ra, rm)
+
+
+class FunctionProxy(ProxyMethod):
+    """`fn(model, adapter, batches, genome, scorer) -> float`, evaluated under the candidate's masks."""
+
+    def __init__(self, fn: Callable[..., float], prepare: Callable[[Scorer], None] | None = None) -> None:
+        self.fn, self._prepare = fn, prepare
+
+    def prepare(self, scorer: Scorer) -> None:
+        if self._prepare is not None:
+            self._prepare(scorer)
+
+    def evaluate(self, model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor, genome: Genome,
+                 scorer: Scorer | None) -> float:
+        return float(self.fn(model, adapter, batches, genome, scorer))
+
+    def measure_masked(self, scorer: Scorer, genome: Genome, selection: list[LayerSelection]) -> tuple[float, dict]:
+        return self.evaluate(scorer.model, scorer.adapter, scorer.batches, genome, scorer), {"loss": None}
+
+
+class SynFlow(ProxyMethod):
+    """`synflow` on the first calibration sequence, under the candidate's masks."""
+
+    def evaluate(self, model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor, genome: Genome,
+                 scorer: Scorer | None = None) -> float:
+        return synflow(model, adapter, batches[:1], genome)
+
+    def measure_masked(self, scorer: Scorer, genome: Genome, selection: list[LayerSelection]) -> tuple[float, dict]:
+        return self.evaluate(scorer.model, scorer.adapter, scorer.batches, genome), {"loss": float("nan")}
+
+
+class ParamCount(ProxyMethod):
+    """The candidate's parameter count: no pass, no masks."""
+
+    def from_genome(self, space: SearchSpace, genome: Genome) -> float:
+        return float(space.params(genome))
+
+    def measure(self, scorer: Scorer, genome: Genome) -> tuple[float, dict]:
+        return self.from_genome(scorer.space, genome), {}
+
+
+# The built-in entries of tracenas.proxy_registry point here ("tracenas.proxy:PHI", ...).
+PHI = Similarity(pearson)
+PEARSON = Similarity(pearson, weighted=False)
+COSINE = Similarity(cosine)
+DOT = Similarity(dot)
+GRADNORM = GradNorm()
+SYNFLOW = SynFlow()
+PARAMS = ParamCount()
 
 
 @dataclass
@@ -239,44 +366,22 @@ class Scorer:
     loss_chunk: int = 1024
 
     def __post_init__(self) -> None:
-        if self.proxy not in PROXIES and self.proxy not in CUSTOM_PROXIES:
-            raise ValueError(f"unknown proxy {self.proxy!r}; choose from {', '.join(PROXIES)}")
-        if self.proxy in GRADIENT_PROXIES and self.probes is None:
+        self.method: ProxyMethod = get_proxy(self.proxy).method  # read now: late registrations count
+        if self.method.needs_probes and self.probes is None:
             raise ValueError(f"proxy {self.proxy!r} needs TraceProbes")
-        if self.proxy in SIMILARITY and self.base_traces is None:
+        if self.method.needs_base and self.base_traces is None:
             raise ValueError(f"proxy {self.proxy!r} needs base traces")
-        if self.proxy in CUSTOM_PREPARE:
-            CUSTOM_PREPARE[self.proxy](self)
+        self.method.prepare(self)
 
     def score(self, genome: Genome) -> tuple[float, dict]:
         """Return (score, info). A non-finite loss or trace gives -inf with a warning."""
         t0 = time.perf_counter()
-        if self.proxy == "params":
-            return float(self.space.params(genome)), {"seconds": time.perf_counter() - t0}
-        selection = select(self.space, genome, self.importance)
-        shape = self.space.shape
-        with masked(self.model, self.adapter, selection):
-            if self.proxy in CUSTOM_PROXIES:
-                value, loss = float(CUSTOM_PROXIES[self.proxy](self.model, self.adapter, self.batches, genome, self)), None
-                info = {}
-            elif self.proxy == "synflow":
-                value, loss = synflow(self.model, self.adapter, self.batches[:1], genome), float("nan")
-                info = {}
-            else:
-                self.probes.set_selection(selection, shape.head_dim, shape.num_heads)
-                try:
-                    active = {i for i, k in enumerate(genome.keep) if k}
-                    traces, loss = self.probes.trace(self.batches, self.micro_batch, self.loss_chunk, active)
-                finally:
-                    self.probes.set_selection(None, shape.head_dim, shape.num_heads)
-                finite = math.isfinite(loss) and all(torch.isfinite(t).all() for t in traces.values())
-                if not finite:
-                    log.warning("non-finite loss or gradient for candidate %s: scored -inf", genome.key()[:40])
-                    return float("-inf"), {"loss": loss, "seconds": time.perf_counter() - t0}
-                ts = trace_score(self.proxy, traces, self.base_traces, genome)
-                value = ts.score
-                info = {"rho_attn": ts.rho_attn, "rho_mlp": ts.rho_mlp}
-        info.update({"loss": loss, "seconds": time.perf_counter() - t0})
+        try:
+            value, info = self.method.measure(self, genome)
+        except NonFiniteTraces as err:
+            log.warning("non-finite loss or gradient for candidate %s: scored -inf", genome.key()[:40])
+            return float("-inf"), {"loss": err.loss, "seconds": time.perf_counter() - t0}
+        info["seconds"] = time.perf_counter() - t0
         if not math.isfinite(value):
             log.warning("non-finite score for candidate %s: scored -inf", genome.key()[:40])
             value = float("-inf")
@@ -308,6 +413,3 @@ def synflow(model: nn.Module, adapter: ModelAdapter, ids: torch.Tensor, genome: 
             p.requires_grad_(r)
     return total
 
-
-# The zero-cost proxies of the validation study register themselves on import (after the names above exist).
-from tracenas import zero_cost  # noqa: E402,F401

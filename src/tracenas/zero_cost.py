@@ -1,12 +1,13 @@
 """Classic zero-cost proxies and forward-only fitness, adapted to pruned pretrained LLMs.
 
-    from tracenas import zero_cost                     # registers naswot, zico, ppl, kl with tracenas.proxy
-    ref = zero_cost.prepare_reference(model, adapter, batches)   # base outputs for `kl`, once, unmasked
-    scorer = Scorer(model, adapter, space, importance, batches, proxy="kl")
-    score, info = scorer.score(genome)
+    scorer = Scorer(model, adapter, space, importance, batches, proxy="kl")  # the registry imports this module
+    score, info = scorer.score(genome)                 # kl's prepare hook cached the base outputs first
+    zero_cost.forward_stats(model, adapter, batches, genome, want=("nll", "kl", "naswot"), reference=...)
 
-Every proxy here is "higher is better" and is evaluated with the candidate's masks applied (that is
-how `Scorer` calls registered proxies). The adaptations to LLMs (docs/proxy-validation.md has the
+Every proxy here is "higher is better" and is evaluated with the candidate's masks applied. The
+entries of `tracenas.proxy_registry` point at the method objects at the end of this module
+(NASWOT, ZICO, PPL, KL): each scores a candidate alone for `Scorer`, and from a shared forward or
+trace pass for the validator. The adaptations to LLMs (docs/proxy-validation.md has the
 full discussion):
 
 * **naswot** (Mellor et al., 2021): log|K_H| with K_H[i, j] = N_A - Hamming(c_i, c_j). Units are the
@@ -45,7 +46,7 @@ from tracenas.arch import Genome
 from tracenas.errors import TracenasError
 from tracenas.masking import LayerSelection, SkipLayer, select
 from tracenas.models.adapter import ModelAdapter
-from tracenas.proxy import TraceProbes, Traces, register_proxy
+from tracenas.proxy import FunctionProxy, TracePass, TraceProbes, Traces, TraceScore
 
 log = logging.getLogger(__name__)
 
@@ -333,16 +334,34 @@ def zico_proxy(model, adapter, batches, genome, scorer) -> float:
 
 
 def prepare_kl(scorer) -> None:
-    """Run once, unmasked, before a Scorer scores with `kl` (the `prepare` hook of register_proxy)."""
+    """Run once, unmasked, before a Scorer scores with `kl` (its `prepare` hook)."""
     prepare_reference(scorer.model, scorer.adapter, scorer.batches, scorer.micro_batch)
 
 
-# Descriptions: tracenas.proxy_names (read by the CLI without importing torch).
-register_proxy("naswot", naswot_proxy)
-register_proxy("zico", zico_proxy)
-register_proxy("ppl", ppl_proxy)
-register_proxy("kl", kl_proxy, prepare=prepare_kl)
+class ForwardProxy(FunctionProxy):
+    """A statistic of one forward pass (`forward_stats`): alone through `fn`, or read from a shared pass."""
+
+    def __init__(self, fn, stat: str, negate: bool, prepare=None) -> None:
+        super().__init__(fn, prepare)
+        self.stat, self.negate = stat, negate
+
+    def from_stats(self, stats: dict[str, float]) -> float:
+        return -stats[self.stat] if self.negate else stats[self.stat]
 
 
-__all__ = ["ZERO_COST_PROXIES", "ForwardReference", "ZicoAccumulator", "forward_stats", "get_reference",
-           "naswot_logdet", "prepare_reference", "zico_samples"]
+class ZicoProxy(FunctionProxy):
+    """ZiCo: alone through `zico_proxy` (its own per-sequence passes), or from a shared trace pass's samples."""
+
+    def from_traces(self, trace_pass: TracePass, genome: Genome) -> TraceScore:
+        return TraceScore(trace_pass.samples.score())
+
+
+# The registry's entries "tracenas.zero_cost:NASWOT", ... (descriptions: tracenas.proxy_registry).
+NASWOT = ForwardProxy(naswot_proxy, "naswot", negate=False)
+ZICO = ZicoProxy(zico_proxy)
+PPL = ForwardProxy(ppl_proxy, "nll", negate=True)
+KL = ForwardProxy(kl_proxy, "kl", negate=True, prepare=prepare_kl)
+
+
+__all__ = ["KL", "NASWOT", "PPL", "ZERO_COST_PROXIES", "ZICO", "ForwardProxy", "ForwardReference", "ZicoAccumulator",
+           "ZicoProxy", "forward_stats", "get_reference", "naswot_logdet", "prepare_reference", "zico_samples"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tracenas.config import opt, parse_budget_spec
 from tracenas.errors import TracenasError
-from tracenas.proxy_names import proxy_names
+from tracenas.proxy_registry import get_proxy, proxy_names
 from tracenas.search.registry import strategy_help, strategy_names
 
 PRESETS: dict[str, dict] = {
@@ -60,8 +60,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise TracenasError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        if self.proxy is not None and self.proxy not in proxy_names():
-            raise TracenasError(f"unknown proxy {self.proxy!r}; choose from {', '.join(proxy_names())}")
+        if self.proxy is not None:
+            get_proxy(self.proxy)  # the registry as it is now: an unknown name is a one-line error
         if self.strategy not in strategy_names():
             raise TracenasError(f"unknown strategy {self.strategy!r}; choose from {', '.join(strategy_names())}")
         for name in ("num_sequences", "seq_len", "rank", "population", "elites", "iterations", "micro_batch",

@@ -33,7 +33,8 @@ from tracenas.device import resolve_device, resolve_dtype
 from tracenas.errors import RunDirError, TracenasError
 from tracenas.rundir import RunDirGuard
 from tracenas.masking import Importance, compute_importance, select, selection_to_list
-from tracenas.proxy import GRADIENT_PROXIES, Scorer, TraceProbes
+from tracenas.proxy import Scorer, TraceProbes
+from tracenas.proxy_registry import get_proxy
 from tracenas.search.config import SearchConfig
 from tracenas.search.registry import strategy_class
 from tracenas.search.state import Candidate, EvolutionState
@@ -246,7 +247,7 @@ class SearchRecipe:
             log.info("importance pass over %d x %d calibration tokens", *batches.shape)
             importance = compute_importance(model, adapter, batches, micro_batch=cfg.micro_batch)
             base = None
-        if cfg.proxy in GRADIENT_PROXIES:
+        if get_proxy(cfg.proxy).method.needs_probes:
             probes = TraceProbes(model, adapter, rank=cfg.rank, seed=cfg.seed)
             if base is None:
                 log.info("base gradient traces (rank %d)", cfg.rank)

@@ -1,7 +1,7 @@
 """Proxy validation (`tracenas validate-proxy`, paper Sec. 4.2, Table 1, Fig. 3): do proxy scores rank
 pruned candidates like their held-out perplexity after an equal short recovery?
 
-    config      ValidateConfig, presets, proxy names     candidates  sample_candidates
+    config      ValidateConfig, presets, Φ variants      candidates  sample_candidates
     truth       short_recover, ground_truth              scoring     Validator: proxy scores from shared passes
     records     candidates.jsonl (append, read, index)   stats       rank correlations over seeds
     report      table.md, results.json, plots            runner      run_validation (resume, torchrun ranks)
@@ -16,15 +16,12 @@ import importlib
 # public name -> the submodule that defines it
 _EXPORTS = {
     "sample_candidates": "candidates",
-    "BUILTIN": "config",
     "FAMILIES": "config",
-    "FORWARD_PROXIES": "config",
-    "LABELS": "config",
     "PRESETS": "config",
-    "TRACE_PROXIES": "config",
     "VARIANTS": "config",
     "ValidateConfig": "config",
     "ValidationResult": "config",
+    "proxy_label": "config",
     "Records": "records",
     "append_record": "records",
     "read_records": "records",

@@ -1,5 +1,5 @@
-"""`ValidateConfig`: every knob of `tracenas validate-proxy`, its `quick` and `paper` presets, the proxy names
-and labels of the study, and `ValidationResult`."""
+"""`ValidateConfig`: every knob of `tracenas validate-proxy`, its `quick` and `paper` presets, the Φ variants
+of the study, and `ValidationResult`. The proxies themselves come from `tracenas.proxy_registry`."""
 
 from __future__ import annotations
 
@@ -10,17 +10,12 @@ from typing import Any
 
 from tracenas.config import opt
 from tracenas.errors import TracenasError
+from tracenas.proxy_registry import UnknownProxyError, get_proxy, proxy_names
 
-TRACE_PROXIES = ("phi", "pearson", "cosine", "dot", "gradnorm", "zico")
-FORWARD_PROXIES = ("ppl", "kl", "naswot")
-BUILTIN = ("phi", "pearson", "cosine", "dot", "params", "gradnorm", "synflow", "naswot", "zico", "ppl", "kl")
-LABELS = {"phi": "TraceNAS (Φ)", "pearson": "TraceNAS – Unweighted", "cosine": "TraceNAS – Cosine",
-          "dot": "TraceNAS – Dot", "params": "#Params", "gradnorm": "GradNorm", "synflow": "Synaptic Saliency",
-          "naswot": "NASWOT", "zico": "ZiCo", "ppl": "Calib. PPL (fwd)", "kl": "KL to base (fwd)"}
 FAMILIES = ("width", "depth", "mixed")
-VARIANTS = ("phi_active", "phi_global", "phi_all", "cosine_all")
-LABELS.update({"phi_active": "Φ, pruned coords excluded", "phi_global": "Φ, one Pearson (kept blocks)",
-               "phi_all": "Φ, one Pearson (all blocks)", "cosine_all": "cosine (all blocks)"})
+# Validation-only analyses of the main trace pass (scoring.variant_scores), not search proxies: name -> label.
+VARIANTS = {"phi_active": "Φ, pruned coords excluded", "phi_global": "Φ, one Pearson (kept blocks)",
+            "phi_all": "Φ, one Pearson (all blocks)", "cosine_all": "cosine (all blocks)"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU: SmolLM2-135M, ~1-2 min per candidate on 2 cores.
@@ -107,6 +102,22 @@ class ValidateConfig:
             raise TracenasError("--recover-lr must be > 0")
         if not 0 < self.budget_tolerance < 1:
             raise TracenasError("--budget-tolerance must be in (0, 1)")
+        self.proxy_list()
+
+    def proxy_list(self) -> list[str]:
+        """The proxies to score (registry order for 'all'), checked against the registry as it is now."""
+        avail = list(proxy_names())
+        if self.proxies.strip() == "all":
+            names = avail
+        else:
+            names = [n.strip() for n in self.proxies.split(",") if n.strip()]
+            bad = [n for n in names if n not in avail and n not in VARIANTS]
+            if bad:
+                raise TracenasError(f"unknown proxies {', '.join(bad)}; available: "
+                                    f"{', '.join(avail + list(VARIANTS))}")
+        if self.variants:
+            names += [v for v in VARIANTS if v not in names]
+        return names
 
     def resolved(self) -> ValidateConfig:
         values = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
@@ -124,6 +135,16 @@ class ValidateConfig:
     @property
     def steps(self) -> list[int]:
         return _ints(self.recover_steps)
+
+
+def proxy_label(name: str) -> str:
+    """The name of a proxy or Φ variant in tables and plots."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    try:
+        return get_proxy(name).title
+    except UnknownProxyError:  # a proxy of an earlier run that is not registered now
+        return name
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tracenas.config import atomic_write_json, atomic_write_text
-from tracenas.validate.config import FAMILIES, LABELS, ValidateConfig
+from tracenas.validate.config import FAMILIES, ValidateConfig, proxy_label
 from tracenas.validate.records import Records, read_records
 from tracenas.validate.stats import _score_value, summarize, summarize_sweep
 
@@ -88,7 +88,7 @@ def plot_scatter(cfg: ValidateConfig, candidates, recs: Records, names: list[str
             ax.scatter(xs, ys, s=14, alpha=0.8, color=colors[fam], label=fam)
         e = summary["proxies"][n]["vs"][final]
         ax.set_yscale("log")
-        ax.set_title(f"{LABELS.get(n, n)}\nSP {_fmt(e['spearman'])}  KT {_fmt(e['kendall'])}", fontsize=8)
+        ax.set_title(f"{proxy_label(n)}\nSP {_fmt(e['spearman'])}  KT {_fmt(e['kendall'])}", fontsize=8)
         ax.set_xlabel(f"{n} (mean over seeds)", fontsize=8)
         ax.set_ylabel(f"PPL after {final} steps", fontsize=8)
         ax.tick_params(labelsize=7)

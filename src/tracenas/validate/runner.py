@@ -36,13 +36,12 @@ import torch
 import yaml
 from torch import nn
 
-from tracenas import proxy as proxy_mod
 from tracenas.arch import SearchSpace, format_count
 from tracenas.config import atomic_write_json, save_config
-from tracenas.errors import RunDirError, TracenasError
+from tracenas.errors import RunDirError
 from tracenas.masking import select
 from tracenas.validate.candidates import sample_candidates
-from tracenas.validate.config import _RESUMABLE, BUILTIN, VARIANTS, ValidateConfig, ValidationResult
+from tracenas.validate.config import _RESUMABLE, ValidateConfig, ValidationResult
 from tracenas.validate.records import Records, _jf, append_record, read_records, repair_tail
 from tracenas.validate.report import write_reports
 from tracenas.validate.scoring import Validator
@@ -71,17 +70,8 @@ def _barrier(world: int) -> None:
 
 
 def proxy_names(cfg: ValidateConfig) -> list[str]:
-    avail = list(proxy_mod.available_proxies())
-    if cfg.proxies.strip() == "all":
-        names = list(BUILTIN) + [n for n in avail if n not in BUILTIN]
-    else:
-        names = [n.strip() for n in cfg.proxies.split(",") if n.strip()]
-        bad = [n for n in names if n not in avail and n not in VARIANTS]
-        if bad:
-            raise TracenasError(f"unknown proxies {', '.join(bad)}; available: {', '.join(avail + list(VARIANTS))}")
-    if cfg.variants:
-        names += [v for v in VARIANTS if v not in names]
-    return names
+    """The proxies (and Φ variants) the study scores: `ValidateConfig.proxy_list`."""
+    return cfg.proxy_list()
 
 
 def _check_resume(out: Path, cfg: ValidateConfig) -> None:

@@ -18,8 +18,9 @@ from tracenas.arch import Genome, SearchSpace
 from tracenas.errors import TracenasError
 from tracenas.masking import Importance, LayerSelection, compute_importance, head_rows, masked, select
 from tracenas.models.adapter import ATTN_PROJ, MLP_PROJ, ModelAdapter
-from tracenas.proxy import TraceProbes, Traces, cosine, pearson, synflow, trace_score
-from tracenas.validate.config import BUILTIN, FORWARD_PROXIES, TRACE_PROXIES, VARIANTS, ValidateConfig, _ints
+from tracenas.proxy import PHI, TracePass, TraceProbes, Traces, cosine, pearson
+from tracenas.proxy_registry import NEEDS, get_proxy
+from tracenas.validate.config import VARIANTS, ValidateConfig, _ints
 
 log = logging.getLogger("tracenas.validate")  # one logger for the package: log lines name it as before the split
 
@@ -225,7 +226,10 @@ class Validator:
     # -- scoring ---------------------------------------------------------------------------
     def score(self, ctx: SeedContext, genome: Genome, names: list[str], with_sweep: bool = False
               ) -> tuple[dict, dict, dict | None]:
-        """Scores of `names` (and the sweep) for one candidate and seed: (scores, seconds, sweep scores)."""
+        """Scores of `names` (and the sweep) for one candidate and seed: (scores, seconds, sweep scores).
+
+        Proxies are grouped by the pass they need (their registry entry's `needs`); each pass runs once.
+        """
         cfg = self.cfg
         selection = select(self.space, genome, self.importance)
         self.last_rho = None
@@ -233,10 +237,12 @@ class Validator:
         cost: dict[str, float] = {}
         sweep = None
         batches = ctx.batches[:self.n_main]
-        need_trace = with_sweep or any(n in TRACE_PROXIES or n in VARIANTS for n in names)
-        need_fwd = [n for n in names if n in FORWARD_PROXIES]
-        # other registered proxies: Scorers built unmasked (their `prepare` hooks must see the base model)
-        others = {n: self._scorer(ctx, n) for n in names if n not in BUILTIN and n not in VARIANTS}
+        methods = {n: get_proxy(n).method for n in names if n not in VARIANTS}
+        needs = {n: "traces" if n in VARIANTS else get_proxy(n).needs for n in names}
+        group = {k: [n for n in names if needs[n] == k] for k in NEEDS}
+        need_trace = with_sweep or bool(group["traces"])
+        # proxies with their own pass: Scorers built unmasked (their `prepare` hooks must see the base model)
+        own = {n: self._scorer(ctx, n) for n in group["model"]}
         # probes hook every block, so they are attached before masking swaps dropped blocks out
         with (self.probes(ctx) if need_trace else nullcontext()) as p, masked(self.model, self.adapter, selection):
             if need_trace:
@@ -253,21 +259,18 @@ class Validator:
                                                                        for t in main.values())
                 cand = _block(main, *self.ctx_main_block)
                 base = _block(ctx.base_snaps[self.n_main], *self.ctx_main_block)
+                shared = TracePass(cand, base, zico)
                 variants: dict | None = None
-                for n in names:
-                    if n not in TRACE_PROXIES and n not in VARIANTS:
-                        continue
+                for n in group["traces"]:
                     t0 = time.perf_counter()
                     if not finite:
                         scores[n] = float("-inf")
-                    elif n == "zico":
-                        scores[n] = zico.score()
                     elif n in VARIANTS:
                         if variants is None:
                             variants = variant_scores(cand, base, genome, selection, self.shape)
                         scores[n] = variants[n]
                     else:
-                        ts = trace_score(n, cand, base, genome)
+                        ts = methods[n].from_traces(shared, genome)
                         scores[n] = ts.score
                         if n == "phi":  # per-block ρ: other weightings can be studied offline
                             self.last_rho = {"attn": ts.rho_attn, "mlp": ts.rho_mlp}
@@ -276,26 +279,21 @@ class Validator:
                     sweep = self._sweep_scores(ctx, genome, snaps, cl) if finite else None
                     sweep = sweep or {}
                     sweep["_seconds"] = sec["sweep"]
-            if need_fwd:
+            if group["forward"]:
                 t0 = time.perf_counter()
                 stats = zero_cost.forward_stats(self.model, self.adapter, batches, genome, selection,
                                                 reference=ctx.reference, naswot_tokens=cfg.naswot_tokens,
                                                 naswot_seed=ctx.seed, micro_batch=cfg.micro_batch,
-                                                want=tuple({"ppl": "nll"}.get(n, n) for n in need_fwd))
+                                                want=tuple(methods[n].stat for n in group["forward"]))
                 dt = time.perf_counter() - t0
-                for n in need_fwd:
-                    scores[n] = -stats["nll"] if n == "ppl" else -stats["kl"] if n == "kl" else stats["naswot"]
-                    cost[n] = dt
-            if "synflow" in names:
-                t0 = time.perf_counter()
-                scores["synflow"] = synflow(self.model, self.adapter, batches[:1], genome)
-                cost["synflow"] = time.perf_counter() - t0
-            if "params" in names:
-                scores["params"], cost["params"] = float(self.space.params(genome)), 0.0
-            for n, scorer in others.items():
-                t0 = time.perf_counter()  # its own fn, with the candidate's masks already applied
-                scores[n] = float(proxy_mod.CUSTOM_PROXIES[n](self.model, self.adapter, batches, genome, scorer))
+                for n in group["forward"]:
+                    scores[n], cost[n] = methods[n].from_stats(stats), dt
+            for n in group["model"]:
+                t0 = time.perf_counter()  # its own pass, with the candidate's masks already applied
+                scores[n] = methods[n].evaluate(self.model, self.adapter, batches, genome, own[n])
                 cost[n] = time.perf_counter() - t0
+            for n in group["genome"]:
+                scores[n], cost[n] = methods[n].from_genome(self.space, genome), 0.0
         return scores, cost, sweep
 
     def _scorer(self, ctx: SeedContext, name: str) -> proxy_mod.Scorer:
@@ -314,12 +312,12 @@ class Validator:
             c, b = snaps[n], ctx.base_snaps[n]
             if n == self.n_main:
                 c, b = _block(c, main_lo, main_hi), _block(b, main_lo, main_hi)
-            out[f"N={n}"] = trace_score("phi", c, b, genome).score
+            out[f"N={n}"] = PHI.from_traces(TracePass(c, b), genome).score
         for length in _ints(cfg.sweep_cl):
             out[f"CL={length}"] = out[f"N={self.n_main}"] if length == cfg.seq_len else \
-                trace_score("phi", cl[length], ctx.base_cl[length], genome).score
+                PHI.from_traces(TracePass(cl[length], ctx.base_cl[length]), genome).score
         for r in _ints(cfg.sweep_rank):
             lo, hi = ctx.blocks[r]
-            out[f"r={r}"] = trace_score("phi", _block(snaps[self.n_main], lo, hi),
-                                        _block(ctx.base_snaps[self.n_main], lo, hi), genome).score
+            out[f"r={r}"] = PHI.from_traces(TracePass(_block(snaps[self.n_main], lo, hi),
+                                                      _block(ctx.base_snaps[self.n_main], lo, hi)), genome).score
         return out

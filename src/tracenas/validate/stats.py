@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tracenas.arch import Genome
-from tracenas.validate.config import LABELS, ValidateConfig, _ints
+from tracenas.validate.config import ValidateConfig, _ints, proxy_label
 from tracenas.validate.records import Records
 
 
@@ -49,7 +49,7 @@ def summarize(cfg: ValidateConfig, candidates: list[tuple[Genome, str]], recs: R
     final = max(steps)
     res: dict[str, Any] = {"candidates": len(done), "steps": steps, "proxies": {}, "ground_truth": {}}
     for n in names:
-        entry: dict[str, Any] = {"label": LABELS.get(n, n), "cost_seconds": None, "vs": {}}
+        entry: dict[str, Any] = {"label": proxy_label(n), "cost_seconds": None, "vs": {}}
         costs, picks = [], []
         for s in steps:
             per = {"spearman": [], "kendall": []}
