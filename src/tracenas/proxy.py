@@ -25,9 +25,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from tracenas.arch import Genome, SearchSpace
+from tracenas.losses import next_token_loss
 from tracenas.masking import Importance, LayerSelection, head_rows, masked, select
 from tracenas.models.adapter import ATTN_PROJ, MLP_PROJ, ModelAdapter
 from tracenas.proxy_registry import Proxy, get_proxy, proxy_names, register
@@ -148,28 +148,10 @@ class TraceProbes:
 
 
 def causal_lm_loss(adapter: ModelAdapter, ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Mean next-token cross-entropy without materializing the full `[B, L, V]` logits.
-
-    The lm_head + cross-entropy run per chunk of positions under activation checkpointing, so only
-    one chunk of logits exists at a time, in the forward and in the backward pass.
-    """
+    """Mean next-token cross-entropy of `ids` without materializing the full `[B, L, V]` logits
+    (`losses.next_token_loss`: chunks of positions, checkpointed when a gradient flows)."""
     hidden = adapter.final_hidden(ids)[:, :-1]
-    targets = ids[:, 1:]
-    head = adapter.lm_head()
-    total = hidden.new_zeros((), dtype=torch.float32)
-
-    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), reduction="sum")
-
-    length = hidden.shape[1]
-    for s in range(0, length, chunk):
-        h, t = hidden[:, s:s + chunk], targets[:, s:s + chunk]
-        if h.requires_grad:
-            total = total + checkpoint(chunk_loss, h, t, use_reentrant=False)
-        else:
-            total = total + chunk_loss(h, t)
-    return total / targets.numel()
+    return next_token_loss(hidden, ids[:, 1:], adapter.lm_head(), chunk)
 
 
 def _flat(traces: Traces, layer: int, names: tuple[str, ...]) -> torch.Tensor:

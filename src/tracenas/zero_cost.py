@@ -44,6 +44,7 @@ from torch import nn
 
 from tracenas.arch import Genome
 from tracenas.errors import TracenasError
+from tracenas.losses import chunked_sum, head_logits
 from tracenas.masking import LayerSelection, SkipLayer, select
 from tracenas.models.adapter import ModelAdapter
 from tracenas.proxy import FunctionProxy, TracePass, TraceProbes, Traces, TraceScore
@@ -175,7 +176,21 @@ def forward_stats(model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor
 
             hooks.append(gate.register_forward_hook(hook))
     head = adapter.lm_head()
-    nll_sum, kl_sum, count = 0.0, 0.0, 0
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+
+    def chunk_sums(h: torch.Tensor, t: torch.Tensor, *base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # one log-softmax per chunk serves both statistics; float64 sums of the float32 chunk sums
+        logp = F.log_softmax(head_logits(h, head.weight, head.bias), dim=-1)
+        nll = zero
+        if "nll" in want:
+            nll = F.nll_loss(logp.reshape(-1, logp.shape[-1]), t.reshape(-1), reduction="sum").double()
+        kl = zero
+        if base:
+            base_logp = F.log_softmax(head_logits(base[0].to(h.dtype), head.weight, head.bias), dim=-1)
+            kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum").double()
+        return nll, kl
+
+    sums, count = (zero, zero), 0
     try:
         for s in range(0, n, micro_batch):
             ids = batches[s:s + micro_batch].to(device)
@@ -185,27 +200,17 @@ def forward_stats(model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor
                 sel = positions[(positions >= lo) & (positions < hi)] - lo
                 state["rows"] = sel.to(device)
             hidden = adapter.final_hidden(ids)[:, :-1]
-            targets = ids[:, 1:]
-            base = reference.hidden[s:s + m, :-1] if "kl" in want else None
-            for c in range(0, length - 1, kl_chunk):
-                h = hidden[:, c:c + kl_chunk]
-                logits = head(h).float()
-                logp = F.log_softmax(logits, dim=-1)
-                if "nll" in want:
-                    nll_sum += float(F.nll_loss(logp.reshape(-1, logp.shape[-1]), targets[:, c:c + kl_chunk].reshape(-1),
-                                                reduction="sum"))
-                if base is not None:
-                    base_logp = F.log_softmax(head(base[:, c:c + kl_chunk].to(h.dtype)).float(), dim=-1)
-                    kl_sum += float(F.kl_div(logp, base_logp, log_target=True, reduction="sum"))
-                count += h.shape[0] * h.shape[1]
+            base = (reference.hidden[s:s + m, :-1],) if "kl" in want else ()
+            sums = chunked_sum(chunk_sums, kl_chunk, hidden, ids[:, 1:], *base, start=sums)
+            count += m * (length - 1)
     finally:
         for hk in hooks:
             hk.remove()
     out: dict[str, float] = {}
     if "nll" in want:
-        out["nll"] = nll_sum / count
+        out["nll"] = float(sums[0]) / count
     if "kl" in want:
-        out["kl"] = kl_sum / count
+        out["kl"] = float(sums[1]) / count
     if positions is not None:
         blocks = [torch.cat(codes[i]) for i in sorted(codes)]
         out["naswot"] = naswot_logdet(torch.cat(blocks, dim=1)) if blocks else float("-inf")

@@ -6,21 +6,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from tracenas.losses import ce_sum, chunked_sum, head_logits
 from tracenas.recover.config import RecoverConfig
 
 
-def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor):
-    logits = F.linear(hidden, weight, bias).float()
-    return F.cross_entropy(logits, labels, reduction="sum")
-
-
-def _kd_sum(hidden, weight, bias, labels, t_hidden, t_weight, t_bias, temperature: float, alpha: float):
-    logits = F.linear(hidden, weight, bias).float()
+def _kd_sums(hidden, labels, t_hidden, weight, bias, t_weight, t_bias, temperature: float, alpha: float):
+    """(mixed loss, CE, KL) summed over one chunk of rows."""
+    logits = head_logits(hidden, weight, bias)
     ce = F.cross_entropy(logits, labels, reduction="sum")
     with torch.no_grad():
-        t_logp = F.log_softmax(F.linear(t_hidden, t_weight, t_bias).float() / temperature, dim=-1)
+        t_logp = F.log_softmax(head_logits(t_hidden, t_weight, t_bias) / temperature, dim=-1)
     kl = F.kl_div(F.log_softmax(logits / temperature, dim=-1), t_logp, log_target=True, reduction="sum")
     kl = kl * temperature**2
     return (1 - alpha) * ce + alpha * kl, ce.detach(), kl.detach()
@@ -37,21 +33,17 @@ def chunked_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
     """
     n = hidden.shape[0]
     recompute = torch.is_grad_enabled() and n > chunk
-    totals: dict[str, torch.Tensor] = {}
-    loss = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, n, chunk):
-        args: tuple = (hidden[i:i + chunk], head.weight, head.bias, labels[i:i + chunk])
-        if teacher is None:
-            fn, parts = _ce_sum, ("ce",)
-        else:
-            fn, parts = _kd_sum, ("loss", "ce", "kl")
-            args += (teacher[0][i:i + chunk], teacher[1].weight, teacher[1].bias, temperature, alpha)
-        out = checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args)
-        out = out if isinstance(out, tuple) else (out,)
-        loss = loss + out[0]
-        for name, value in zip(parts, out):
-            totals[name] = totals.get(name, 0) + value.detach()
-    return loss / n, {k: v / n for k, v in totals.items()}
+    # `chunked_sum` chunks dim 1: rows become positions of one sequence, and each fn sees its [chunk, H] rows
+    if teacher is None:
+        (ce,) = chunked_sum(lambda h, t: ce_sum(h[0], t[0], head.weight, head.bias), chunk, hidden[None],
+                            labels[None], recompute=recompute)
+        return ce / n, {"ce": ce.detach() / n}
+    t_hidden, t_head = teacher
+    loss, ce, kl = chunked_sum(
+        lambda h, t, th: _kd_sums(h[0], t[0], th[0], head.weight, head.bias, t_head.weight, t_head.bias,
+                                  temperature, alpha),
+        chunk, hidden[None], labels[None], t_hidden[None], recompute=recompute)
+    return loss / n, {"loss": loss.detach() / n, "ce": ce / n, "kl": kl / n}
 
 
 class _LossModel(nn.Module):
