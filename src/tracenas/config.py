@@ -153,6 +153,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         parser.add_argument(flag, **kw)
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """`--config YAML` plus one flag per field of `cls`: every verb's options, the same way."""
+    parser.add_argument("--config", metavar="YAML", help="read options from a YAML file (flags override it)")
+    add_arguments(parser, cls, skip)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """`cls` from its defaults < the `--config` YAML < explicit flags."""
+    return from_args(cls, args, load_yaml(getattr(args, "config", None)))
+
+
 def from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None) -> T:
     """Build `cls` from defaults < `base` (e.g. YAML, preset) < explicit command-line flags."""
     names = {f.name for f in dataclasses.fields(cls)}

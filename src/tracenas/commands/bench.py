@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tracenas.config import add_arguments, from_args, load_yaml
+from tracenas.config import add_config_arguments, config_from_args
 
 NAME = "bench"
 HELP = "time to first token, time per output token, throughput and peak memory: pruned vs base"
@@ -15,8 +15,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("model_dir", metavar="MODEL_DIR",
                         help="exported model directory, or a run directory (uses RUN_DIR/model)")
-    parser.add_argument("--config", metavar="YAML", help="read options from a YAML file (flags override it)")
-    add_arguments(parser, BenchConfig)
+    add_config_arguments(parser, BenchConfig)
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from tracenas.bench import run_bench
     from tracenas.bench_config import BenchConfig
 
-    cfg = from_args(BenchConfig, args, load_yaml(getattr(args, "config", None)))
+    cfg = config_from_args(BenchConfig, args)
     report = run_bench(args.model_dir, cfg)
     c = report["config"]
     print(f"{report['device']}, {c['dtype']}, prompt {c['prompt_len']} tokens, {c['gen_len']} new tokens, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tracenas.config import add_arguments, from_args, load_yaml
+from tracenas.config import add_config_arguments, config_from_args
 
 NAME = "eval"
 HELP = "perplexity on the held-out split and lm-evaluation-harness tasks (local JSONL tasks work offline)"
@@ -20,8 +20,7 @@ def _config_class():
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=argparse.SUPPRESS,
                         help="model: tracenas-exported or HF directory, .gguf, Hub id (default: the built-in model)")
-    parser.add_argument("--config", metavar="YAML", help="options from a YAML file; flags override it")
-    add_arguments(parser, _config_class(), skip=("model",))
+    add_config_arguments(parser, _config_class(), skip=("model",))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         # "pretrained is not a str": expected, we hand lm-eval the already loaded model on purpose
         logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
-    cfg = from_args(_config_class(), args, load_yaml(args.config))
+    cfg = config_from_args(_config_class(), args)
     results = evaluate(cfg)
     print(format_results(results))
     if cfg.out:

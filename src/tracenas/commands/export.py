@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracenas.config import add_arguments, from_args, load_yaml, opt, to_dict
+from tracenas.config import add_config_arguments, config_from_args, opt, to_dict
 
 NAME = "export"
 HELP = "export a search run's architecture (arch.json) as a Hugging Face checkpoint"
@@ -27,14 +27,13 @@ class ExportConfig:
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (holds arch.json)")
-    parser.add_argument("--config", metavar="YAML", help="read options from a YAML file (flags override it)")
-    add_arguments(parser, ExportConfig)
+    add_config_arguments(parser, ExportConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     from tracenas.export import export_run
 
-    cfg = from_args(ExportConfig, args, load_yaml(getattr(args, "config", None)))
+    cfg = config_from_args(ExportConfig, args)
     path = export_run(cfg.run_dir, model_spec=cfg.model, arch_path=cfg.arch, out=cfg.out, dtype=cfg.dtype,
                       settings=to_dict(cfg))
     fields = json.loads((path / "config.json").read_text()).get("tracenas", {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from tracenas.config import add_arguments, from_args, load_yaml
+from tracenas.config import add_config_arguments, config_from_args
 
 NAME = "recover"
 HELP = "continued pretraining (recovery) of a pruned or dense model; resumable with --resume"
@@ -15,8 +15,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=argparse.SUPPRESS,
                         help="model to recover: tracenas-exported or HF directory, .gguf, Hub id (default: "
                              "the built-in model)")
-    parser.add_argument("--config", metavar="YAML", help="options from a YAML file; flags override it")
-    add_arguments(parser, _config_class(), skip=("model",))
+    add_config_arguments(parser, _config_class(), skip=("model",))
 
 
 def _config_class():
@@ -28,7 +27,7 @@ def _config_class():
 def run(args: argparse.Namespace) -> int:
     from tracenas.recover import recover
 
-    cfg = from_args(_config_class(), args, load_yaml(args.config))
+    cfg = config_from_args(_config_class(), args)
     result = recover(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch, report once
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tracenas.config import add_arguments, from_args, load_yaml
+from tracenas.config import add_config_arguments, config_from_args
 from tracenas.pipeline import RunConfig
 
 NAME = "run"
@@ -12,14 +12,13 @@ HELP = "search -> export -> recover -> eval -> bench in one run directory, skipp
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file of options (flags override it)")
-    add_arguments(parser, RunConfig)
+    add_config_arguments(parser, RunConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     from tracenas.pipeline import run_pipeline
 
-    cfg = from_args(RunConfig, args, load_yaml(getattr(args, "config", None)))
+    cfg = config_from_args(RunConfig, args)
     run_pipeline(cfg)
     print(open(f"{cfg.out}/report.md").read())
     return 0

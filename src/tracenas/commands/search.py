@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tracenas.config import add_arguments, from_args, load_yaml
+from tracenas.config import add_config_arguments, from_args, load_yaml
 from tracenas.search.config import SearchConfig
 
 NAME = "search"
@@ -13,8 +13,7 @@ HELP = "evolutionary search for a pruned architecture scored by a zero-shot prox
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file of options (flags override it)")
-    add_arguments(parser, SearchConfig)
+    add_config_arguments(parser, SearchConfig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tracenas.config import add_arguments, from_args, load_yaml
+from tracenas.config import add_config_arguments, config_from_args
 
 NAME = "validate-proxy"
 HELP = "score sampled pruned candidates with every proxy and correlate with their perplexity after recovery"
@@ -13,14 +13,13 @@ HELP = "score sampled pruned candidates with every proxy and correlate with thei
 def register(parser: argparse.ArgumentParser) -> None:
     from tracenas.validate.config import ValidateConfig
 
-    parser.add_argument("--config", metavar="YAML", help="read options from a YAML file (flags override it)")
-    add_arguments(parser, ValidateConfig)
+    add_config_arguments(parser, ValidateConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     from tracenas.validate import ValidateConfig, run_validation
 
-    cfg = from_args(ValidateConfig, args, load_yaml(getattr(args, "config", None)))
+    cfg = config_from_args(ValidateConfig, args)
     res = run_validation(cfg)
     if res.summary:  # rank 0 under torchrun
         print((res.out / "table.md").read_text())

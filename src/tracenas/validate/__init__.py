@@ -11,7 +11,7 @@ Everything below is importable from `tracenas.validate` itself.
 
 from __future__ import annotations
 
-import importlib
+from tracenas.lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS = {
@@ -45,15 +45,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    # Lazy (PEP 562), so that `tracenas validate-proxy --help` reads `tracenas.validate.config` without importing torch.
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
