@@ -115,3 +115,43 @@ def test_no_import_cycles_in_the_package():
 def test_the_proxy_registry_imports_no_scoring_module():
     graph = import_graph()
     assert graph["tracenas.proxy_registry"] <= {"tracenas.errors"}
+
+
+# The layers of docs/architecture.md, bottom first; a module may import only from its own layer or below.
+LAYERS = [
+    ("shared", ("errors", "config", "device", "lazy", "rundir", "losses", "data", "tasks", "proxy_registry",
+                "search.registry", "bench_config", "eval_config")),
+    ("models", ("models",)),
+    ("arch", ("arch",)),
+    ("masking", ("masking",)),
+    ("proxies", ("proxy", "zero_cost")),
+    ("strategies", ("search.strategy", "search.operators", "search.evolution", "search.strategies", "search.state",
+                    "search.config", "search")),
+    ("stages", ("search.runner", "export", "recover", "evaluate", "bench", "validate", "report")),
+    ("pipeline", ("pipeline",)),
+    ("cli", ("cli", "commands", "__main__", "")),
+]
+
+
+def layer_of(module: str) -> int:
+    name = module.removeprefix(PACKAGE).removeprefix(".")
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if name == p or (p and name.startswith(p + ".")):
+                if best is None or len(p) > best[1]:
+                    best = (rank, len(p))
+    assert best is not None, f"{module} is in no layer of docs/architecture.md"
+    return best[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+            for m, targets in graph.items() for t in sorted(targets) if layer_of(t) > layer_of(m)]
+
+
+def test_imports_go_down_the_layers():
+    assert upward_imports({"tracenas.arch": {"tracenas.masking"}, "tracenas.masking": {"tracenas.arch"}}) == [
+        "tracenas.arch (arch) imports tracenas.masking (masking)"]
+    assert layer_of("tracenas.models.families.qwen3") == 1 and layer_of("tracenas.search.runner") == 6
+    assert upward_imports(import_graph()) == []
