@@ -324,7 +324,7 @@ def test_export_cli_on_run_dir(run_dir, capsys):
     # a second export replaces the first atomically and leaves nothing behind
     assert main(["export", str(run_dir), "--dtype", "bfloat16"]) == 0
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["arch.json", "export.yaml", "model"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["arch.json", "export.log", "export.yaml", "model"]
     assert out.stat().st_mode & 0o755 == 0o755  # not the 0700 of a temporary directory
 
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from tracenas.bench_config import BenchConfig
 from tracenas.config import atomic_write_json
+from tracenas.logs import run_log
 from tracenas.errors import RunDirError, TracenasError
 
 log = logging.getLogger(__name__)
@@ -215,17 +216,25 @@ def run_bench(model_dir: str | Path, cfg: BenchConfig | None = None) -> dict[str
 
 
 def _run(cfg: BenchConfig, model_path: Path, base_spec: str | None, default_out: Path) -> dict[str, Any]:
-    import transformers
-
     from tracenas.device import to_torch_dtype
-    from tracenas.models.pruned import load_pruned
-    from tracenas.models.loading import load_model
 
     device = torch.device(cfg.device)
     dtype = to_torch_dtype(cfg.dtype)
     out = Path(cfg.out) if cfg.out else default_out
     if out.suffix != ".json":
         out = out / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with run_log(out.parent, out.stem):  # bench.log beside bench.json
+        return _measure_all(cfg, model_path, base_spec, out, device, dtype)
+
+
+def _measure_all(cfg: BenchConfig, model_path: Path, base_spec: str | None, out: Path, device: torch.device,
+                 dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
+    from tracenas.models.loading import load_model
+    from tracenas.models.pruned import load_pruned
+
     results: dict[str, Any] = {}
     prompt = None
     runs = [("base", base_spec)] if base_spec else []

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
 from tracenas.errors import TracenasError
+from tracenas.logs import console_logging
 
 VERBS = ("search", "export", "bench", "recover", "eval", "run", "validate_proxy")
 
@@ -62,10 +62,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("transformers", "huggingface_hub", "urllib3", "matplotlib", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console_logging(args.verbose)
     if not args.verb:
         parser.print_help()
         return 2

@@ -30,6 +30,8 @@ from torch import nn
 
 from tracenas.config import atomic_write_json, save_config, to_dict
 from tracenas.eval_config import PRESETS, EvalConfig
+from tracenas.logs import run_log
+from tracenas.rundir import RunDirGuard, check_writable_dir
 from tracenas.errors import TracenasError
 from tracenas.tasks import TaskSpec, network_available, parse_tasks, set_offline, write_local_task
 
@@ -217,11 +219,20 @@ def is_done(out: str | os.PathLike) -> bool:
 
 
 def evaluate(cfg: EvalConfig, *, model: nn.Module | None = None, tokenizer=None, progress: bool = True) -> dict:
-    """Perplexity and downstream accuracy per `cfg`; writes OUT/results.json when `cfg.out` is set."""
+    """Perplexity and downstream accuracy per `cfg`; with `cfg.out`, writes OUT/results.json, eval.yaml and
+    eval.log (a failure leaves no half-made OUT behind)."""
+    cfg = cfg.resolved()
+    if not cfg.out:
+        return _evaluate(cfg, model, tokenizer, progress)
+    out = check_writable_dir(cfg.out)
+    with RunDirGuard(out), run_log(out, "eval"):
+        return _evaluate(cfg, model, tokenizer, progress)
+
+
+def _evaluate(cfg: EvalConfig, model: nn.Module | None, tokenizer, progress: bool) -> dict:
     from tracenas.models.loading import load_model, resolve_source
 
     start = time.perf_counter()
-    cfg = cfg.resolved()
     specs = parse_tasks(cfg.tasks, cfg.num_fewshot)  # local files are checked before anything slow
     if not cfg.ppl and not specs:
         raise TracenasError("nothing to evaluate: perplexity is off (--ppl false) and no --tasks were given")

@@ -36,12 +36,13 @@ from torch import nn
 from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_text
 from tracenas.device import to_torch_dtype
+from tracenas.logs import captured_log, run_log
 from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import LayerSelection, selection_from_list, slice_model
 from tracenas.models.adapter import ModelAdapter, adapter_class_for, get_adapter
 from tracenas.models.pruned import load_pruned
 from tracenas.models.remote import modeling_tracenas as remote
-from tracenas.rundir import install_dir, staging_dir
+from tracenas.rundir import RunDirGuard, install_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def _check_writable(target: Path) -> Path:
 
 
 # What an export (or a recovered model) may hold; a directory with anything else is not replaced.
-_EXPORT_FILES = re.compile(r"^(config\.json|generation_config\.json|README\.md|export\.yaml|" + re.escape(REMOTE_FILE)
+_EXPORT_FILES = re.compile(r"^(config\.json|generation_config\.json|README\.md|export\.yaml|export\.log|" + re.escape(REMOTE_FILE)
                            + r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|"
                            r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|"
                            r"chat_template\.(jinja|json)|vocab\.json|merges\.txt)$")
@@ -379,6 +380,18 @@ def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arc
     `settings` (the resolved export options) are recorded as `export.yaml`: in RUN_DIR for the default
     output, else inside the exported directory, so an export never writes into RUN_DIR when given `--out`.
     """
+    if out is None:  # RUN_DIR/export.log
+        if not Path(run_dir).is_dir():
+            raise RunDirError(f"no such run directory: {run_dir}")
+        # RunDirGuard: a failed export leaves no new export.log behind
+        with RunDirGuard(run_dir), run_log(run_dir, "export"):
+            return _export_run(Path(run_dir), model_spec, arch_path, None, dtype, settings, None)
+    with captured_log() as lines:  # written into OUT with the model: nothing goes into RUN_DIR
+        return _export_run(Path(run_dir), model_spec, arch_path, out, dtype, settings, lines)
+
+
+def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathLike | None,
+                out: str | os.PathLike | None, dtype: str, settings: dict | None, lines) -> Path:
     import yaml
 
     from tracenas.models.loading import load_model
@@ -423,7 +436,9 @@ def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arc
             "budget": arch.get("budget"), "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
             "run directory": str(run_dir.absolute())}
     record = yaml.safe_dump(dict(settings, output=str(target)), sort_keys=False) if settings is not None else None
-    inside = {"export.yaml": record} if record is not None and out is not None else None
+    inside = None
+    if out is not None:
+        inside = {"export.log": lines.getvalue()} | ({"export.yaml": record} if record is not None else {})
     path = export_pruned(model, tokenizer, selection, target, dtype=dtype, card=card, extra_files=inside)
     if record is not None and out is None:
         atomic_write_text(run_dir / "export.yaml", record)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tracenas.config import atomic_write_json, opt, save_config
 from tracenas.errors import TracenasError
+from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard
 from tracenas.search.registry import strategy_names
 
@@ -89,7 +90,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
     # A failure before the search saved anything resumable leaves the disk as it was.
-    with RunDirGuard(out, resumable=lambda: (out / "search" / "state.json").exists()):
+    with RunDirGuard(out, resumable=lambda: (out / "search" / "state.json").exists()), run_log(out, "run"):
         return _run_stages(cfg, search_cfg, out, stages, progress)
 
 

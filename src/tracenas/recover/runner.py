@@ -25,6 +25,7 @@ from tracenas.recover.plots import plot_loss
 from tracenas.recover.save import save_recovered
 from tracenas.recover.schedule import lr_at, param_groups
 from tracenas.recover.windows import TrainWindows, _training_stream
+from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard, check_writable_dir
 
 log = logging.getLogger("tracenas.recover")  # one logger for the package: log lines name it as before the split
@@ -310,7 +311,7 @@ class Recovery:
             _remove_partial_checkpoints(self.out)
         guard = (RunDirGuard(self.out, resumable=lambda: bool(_checkpoint_dirs(self.out))) if self.main
                  else contextlib.nullcontext())
-        with guard:
+        with guard, (run_log(self.out, "recover") if self.main else contextlib.nullcontext()):
             self.setup()
             self.train()
             return self.finalize()

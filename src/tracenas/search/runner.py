@@ -31,6 +31,7 @@ from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_json, atomic_write_text, save_config
 from tracenas.device import resolve_device, resolve_dtype
 from tracenas.errors import RunDirError, TracenasError
+from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard
 from tracenas.masking import Importance, compute_importance, select, selection_to_list
 from tracenas.proxy import Scorer, TraceProbes
@@ -55,15 +56,6 @@ class SearchResult:
     base_params: int
     candidates_scored: int
     seconds: float
-
-
-def _attach_log(out: Path, name: str) -> logging.Handler:
-    handler = logging.FileHandler(out / f"{name}.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("tracenas").addHandler(handler)
-    if logging.getLogger("tracenas").level == logging.NOTSET:
-        logging.getLogger("tracenas").setLevel(logging.INFO)
-    return handler
 
 
 _MAY_CHANGE_ON_RESUME = ("resume", "iterations", "out")  # a resumed search may be extended, or moved
@@ -183,14 +175,10 @@ class SearchRecipe:
         self.bar = None
 
     def run(self) -> SearchResult:
-        handler = _attach_log(self.out, "search")
-        self.t_start = time.perf_counter()
-        try:
+        with run_log(self.out, "search"):
+            self.t_start = time.perf_counter()
             self.setup()
             return self.finalize(self.search())
-        finally:
-            logging.getLogger("tracenas").removeHandler(handler)
-            handler.close()
 
     # --- setup -----------------------------------------------------------------------------------
     def setup(self) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import contextlib
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ import yaml
 from torch import nn
 
 from tracenas.arch import SearchSpace, format_count
+from tracenas.logs import run_log
 from tracenas.config import atomic_write_json, save_config
 from tracenas.errors import RunDirError
 from tracenas.masking import select
@@ -91,7 +93,7 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
                    progress: bool = True) -> ValidationResult:
     """Sample candidates, compute what candidates.jsonl lacks (this rank's share), then write the reports."""
     from tracenas.models import get_adapter, load_model
-    from tracenas.search.runner import _attach_log, resolve_device, resolve_dtype
+    from tracenas.device import resolve_device, resolve_dtype
 
     cfg = cfg.resolved()
     out = Path(cfg.out)
@@ -102,7 +104,8 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
         _check_resume(out, cfg)
         repair_tail(out / "candidates.jsonl")
     _barrier(world)
-    handler = _attach_log(out, "validate" if rank == 0 else f"validate.rank{rank}")
+    log_file = contextlib.ExitStack()
+    log_file.enter_context(run_log(out, "validate" if rank == 0 else f"validate.rank{rank}"))
     try:
         device = resolve_device(cfg.device)
         if device.type == "cuda" and world > 1 and device.index is None:
@@ -141,8 +144,7 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
         log.info("validation done in %.0f s -> %s", seconds, out / "table.md")
         return ValidationResult(out, summary, len(candidates), seconds)
     finally:
-        logging.getLogger("tracenas").removeHandler(handler)
-        handler.close()
+        log_file.close()
         if own_group:
             import torch.distributed as dist
 
