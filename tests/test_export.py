@@ -216,6 +216,34 @@ def test_uniform_loads_without_remote_code(exports, kind):
     assert greedy(model) == rec["remote"]["tokens"]
 
 
+def test_save_pretrained_reloads_without_tracenas(exports, tmp_path):
+    """`save_pretrained` of a loaded export (by tracenas or by stock transformers with remote code) writes a
+    checkpoint that stock transformers reloads without tracenas; a uniform one stays a stock checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    saved = {}
+    for kind in ("llama-gqa", "qwen2-mha"):
+        for label in ("random0", "uniform"):
+            rec = exports[(kind, label)]
+            out = tmp_path / f"{kind}-{label}-tracenas"
+            load_pruned(rec["path"]).save_pretrained(out)
+            saved[str(out)] = rec
+        rec = exports[(kind, "random1")]
+        out = tmp_path / f"{kind}-random1-auto"
+        AutoModelForCausalLM.from_pretrained(rec["path"], trust_remote_code=True).save_pretrained(out)
+        saved[str(out)] = rec
+    for out in saved:
+        cfg = json.loads((Path(out) / "config.json").read_text())
+        uniform = out.endswith("uniform-tracenas")
+        assert ("auto_map" in cfg) == (not uniform) == (Path(out) / "modeling_tracenas.py").is_file(), out
+        assert cfg["architectures"][0].startswith("Tracenas") == (not uniform)
+    remote = run_without_tracenas(list(saved), tmp_path)
+    for out, rec in saved.items():
+        assert remote[out]["tokens"] == rec["remote"]["tokens"], out
+        assert remote[out]["numel"] == rec["remote"]["numel"]
+        assert remote[out]["class"] == rec["remote"]["class"]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_checkpoint_contents(exports, kind):
     from safetensors import safe_open
