@@ -244,6 +244,35 @@ def test_save_pretrained_reloads_without_tracenas(exports, tmp_path):
         assert remote[out]["class"] == rec["remote"]["class"]
 
 
+@pytest.mark.parametrize("kind,label", CASES)
+def test_top_level_config(exports, kind, label):
+    """The top-level sizes are what docs/export.md says: the largest per-layer values, the kept block
+    count, an explicit head size; the base sizes are kept in `tracenas.base_*`."""
+    rec = exports[(kind, label)]
+    cfg = json.loads((rec["path"] / "config.json").read_text())
+    t = cfg["tracenas"]
+    base = make_model(kind).config
+    assert cfg["num_hidden_layers"] == len(t["source_layers"]) == sum(rec["genome"].keep)
+    for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        assert cfg[name] == max(t[name]), name
+        assert t["base_" + name] == getattr(base, name), name
+    assert t["base_num_hidden_layers"] == base.num_hidden_layers
+    assert cfg["head_dim"] == (getattr(base, "head_dim", None) or base.hidden_size // base.num_attention_heads)
+    assert t["uniform"] == (label == "uniform")
+
+
+@pytest.mark.parametrize("kind", ("llama-gqa", "qwen2-mha"))
+def test_stock_class_on_nonuniform_fails_loudly(exports, kind):
+    """A tool that ignores `auto_map` and the per-layer lists gets a shape error, not a silently wrong model."""
+    import transformers
+
+    path = exports[(kind, "random0")]["path"]
+    stock = getattr(transformers, json.loads((path / "config.json").read_text())["architectures"][0]
+                    .removeprefix("Tracenas"))
+    with pytest.raises((RuntimeError, ValueError), match="(?i)size|shape"):
+        stock.from_pretrained(path)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_checkpoint_contents(exports, kind):
     from safetensors import safe_open

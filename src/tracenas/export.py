@@ -10,7 +10,9 @@
 A checkpoint holds `config.json`, `model.safetensors` (sharded with an index above
 `max_shard_size`), `generation_config.json`, the tokenizer files and a `README.md` model card.
 Per-layer sizes live in `config.tracenas` (lists over the kept blocks; dropped blocks are gone and the
-remaining ones renumbered, so the KV cache has one entry per kept block).
+remaining ones renumbered, so the KV cache has one entry per kept block). The top-level
+`num_attention_heads` / `num_key_value_heads` / `intermediate_size` are the largest per-layer values and
+`head_dim` is explicit; docs/export.md describes every field.
 
 Uniform results (every kept block has the same query heads, KV heads and MLP width) get a plain stock
 config and load with `trust_remote_code=False`. Non-uniform results also carry `modeling_tracenas.py`
@@ -133,10 +135,13 @@ def _prepare_config(model: nn.Module, torch_dtype: torch.dtype, head_dim: int) -
             del cfg.quantization_config
         except AttributeError:
             cfg.quantization_config = None
+    for name in remote.PER_LAYER_FIELDS:
+        # the base sizes, before the top level describes the pruned model (kept when re-saving one)
+        fields.setdefault("base_" + name, getattr(cfg, name))
+        # largest per-layer value (the one value when uniform): a tool that ignores the per-layer lists
+        # builds blocks at least as large as any stored one and fails on shapes instead of running base sizes
+        setattr(cfg, name, max(fields[name]))
     if uniform:
-        cfg.num_attention_heads = fields["num_attention_heads"][0]
-        cfg.num_key_value_heads = fields["num_key_value_heads"][0]
-        cfg.intermediate_size = fields["intermediate_size"][0]
         cfg.architectures = [stock]
         if hasattr(cfg, "auto_map"):
             del cfg.auto_map
