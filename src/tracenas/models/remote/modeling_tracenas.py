@@ -17,7 +17,8 @@ Only public transformers classes are used; checked with transformers 5.17 and 5.
 
 The file knows no model family: `config.json`'s `auto_map` names `Tracenas<StockClass>` (for example
 `TracenasQwen2ForCausalLM`), and the module attribute of that name is made on first access as a subclass
-of `transformers.<StockClass>` that resizes its blocks after the stock constructor.
+of `transformers.<StockClass>` that resizes its blocks after the stock constructor. The class is registered
+for `AutoModelForCausalLM`, so `model.save_pretrained(d)` / `push_to_hub` write this file and `auto_map` again.
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ def pruned_class(stock_name: str) -> type:
         if not isinstance(stock, type):
             raise AttributeError(f"transformers has no model class {stock_name!r} (a newer transformers may)")
         name = PREFIX + stock_name
-        _CLASSES[stock_name] = type(name, (_ResizedBlocks, stock), {"__module__": __name__, "__qualname__": name})
+        cls = type(name, (_ResizedBlocks, stock), {"__module__": __name__, "__qualname__": name})
+        # `save_pretrained` / `push_to_hub` then copy this file next to the weights and write `auto_map`,
+        # so a re-saved checkpoint loads like the exported one.
+        cls.register_for_auto_class("AutoModelForCausalLM")
+        _CLASSES[stock_name] = cls
     return _CLASSES[stock_name]
 
 
