@@ -273,3 +273,59 @@ def test_ctrl_c_message_says_what_was_kept(tiny_model_dir, tmp_path, monkeypatch
     assert main(["search", "--out", str(some), "--resume", "--iterations", str(TINY["iterations"])]) == 0
     assert _final(some) == _final(uninterrupted)
 
+
+def _distinct_architectures(space) -> int:
+    """Brute force: every keep pattern x every combination of per-block widths that a fine sweep of ratios
+    realizes, each built as a genome and realized by the space, deduplicated by its realized blocks."""
+    import itertools
+
+    from tracenas.arch import Genome
+
+    n, ratios = space.shape.num_layers, [j / 96 for j in range(1, 97)]
+    per_block = sorted({(space.snap_attn(a), space.snap_mlp(m)) for a in ratios for m in ratios})
+    seen = set()
+    for keep in itertools.product([False, True], repeat=n):
+        if sum(keep) < space.min_layers:
+            continue
+        for widths in itertools.product(per_block, repeat=n):
+            genome = Genome(keep, tuple(a for a, _ in widths), tuple(m for _, m in widths))
+            seen.add(tuple((la.num_heads, la.mlp_width) for la in space.layer_arch(genome) if la.keep)
+                     + (keep,))
+    return len(seen)
+
+
+@pytest.mark.parametrize("kind,num_layers,min_layers", [("llama-gqa", 3, 2), ("llama-mha", 2, 1)])
+def test_dry_run_plan_counts_equal_the_search_space(tmp_path, kind, num_layers, min_layers):
+    from tests.conftest import save_tiny
+    from tracenas.arch import SearchSpace
+    from tracenas.models import get_adapter, load_model
+    from tracenas.search.plan import plan_search
+
+    model_dir = save_tiny(tmp_path / kind, kind, num_layers=num_layers)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    plan = plan_search(SearchConfig(model=str(model_dir), out=str(tmp_path / "never"),
+                                    **{**TINY, "min_layers": min_layers}))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, no run directory
+    assert plan.shape_from == "config"
+    model, _, _ = load_model(str(model_dir), with_tokenizer=False)
+    space = SearchSpace(get_adapter(model).shape(), min_layers=min_layers)
+    assert plan.shape == space.shape  # the config alone gives the loaded model's shape
+    assert plan.reachable == space.reachable() and plan.budget == space.resolve_budget(TINY["budget"])
+    assert plan.shape_params() == space.base_params() == sum(p.numel() for p in model.parameters())
+    assert plan.space_size == _distinct_architectures(space)
+    assert plan.candidates == 5 + (3 - 1) * (5 - 2) and plan.tokens_per_candidate == 2 * 32
+    assert not plan.backward and plan.flops_per_candidate == 2 * space.base_params() * 64  # kl: forward only
+
+
+def test_dry_run_cli_prints_the_plan_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
+    flags = [x for k, v in TINY.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    out = tmp_path / "run"
+    assert main(["search", "--model", str(tiny_model_dir), "--out", str(out), "--dry-run", *flags,
+                 "--proxy", "phi"]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    assert "candidates to score: at most 11" in text and "forward + backward" in text and "x 3" in text
+    assert "no weights loaded" in text and "distinct genomes" in text
+    assert main(["search", "--model", str(tiny_model_dir), "--out", str(out), "--dry-run", *flags,
+                 "--strategy", "uniform"]) == 0
+    assert "at most 1\n" in capsys.readouterr().out and not out.exists()

@@ -14,6 +14,9 @@ HELP = "evolutionary search for a pruned architecture scored by a zero-shot prox
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SearchConfig)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the search space size, budget, parameter split, candidates and estimated cost "
+                             "per candidate from the model's config, then exit: nothing is scored or written")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
         out = getattr(args, "out", None) or base.get("out") or SearchConfig.out
         base = {**saved_config(out), **base}
     cfg = from_args(SearchConfig, args, base)
+    if getattr(args, "dry_run", False):
+        from tracenas.search.plan import plan_search
+
+        print(plan_search(cfg).describe())
+        return 0
     try:
         res = run_search(cfg)
     except KeyboardInterrupt:
