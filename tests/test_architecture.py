@@ -127,7 +127,7 @@ LAYERS = [
     ("proxies", ("proxy", "zero_cost")),
     ("strategies", ("search.strategy", "search.operators", "search.evolution", "search.strategies", "search.state",
                     "search.config", "search")),
-    ("stages", ("search.runner", "export", "recover", "evaluate", "bench", "validate", "report")),
+    ("stages", ("search.runner", "search.plan", "export", "recover", "evaluate", "bench", "validate", "report")),
     ("pipeline", ("pipeline",)),
     ("cli", ("cli", "commands", "__main__", "")),
 ]

@@ -220,3 +220,19 @@ def test_a_strategy_registered_after_import_is_a_search_choice(monkeypatch):
     assert strategy.state.history_len == 2 and best.score == max(strategy.state.scores.values())
     with pytest.raises(TracenasError, match="not a SearchStrategy"):
         registry.register_strategy("bad", dict, "not a strategy")
+
+
+def test_state_round_trips_the_generation_in_progress_and_reads_states_saved_without_it():
+    from tracenas.search.state import EvolutionState
+
+    evo = evolution()
+    genomes = evo.begin_generation()
+    assert evo.state.pending == genomes and evo.begin_generation() == genomes  # proposed once, not again
+    saved = json.loads(json.dumps(evo.state_dict()))
+    again = evolution()
+    again.load_state_dict(saved)
+    assert again.state.pending == genomes and again.rng.bit_generator.state == evo.rng.bit_generator.state
+    evo.step(), again.step()
+    assert evo.state_dict() == again.state_dict() and "pending" not in evo.state_dict()
+    old = {k: v for k, v in saved.items() if k != "pending"}  # a state.json written before `pending` existed
+    assert EvolutionState.from_dict(old).pending is None

@@ -198,3 +198,134 @@ def test_proxy_registered_after_import_is_accepted_by_the_cli_search(tiny_model_
     assert len({h["score"] for h in history}) > 1
     with pytest.raises(SystemExit):  # unregistered again: no longer a --proxy choice
         main(["search", "--model", str(tiny_model_dir), "--out", str(tmp_path / "gone"), "--proxy", "kept_q_rows"])
+
+
+def _interrupt_scorer_after(monkeypatch, k: int) -> None:
+    """Make the scorer raise KeyboardInterrupt (a Ctrl-C) when asked for candidate k+1."""
+    from tracenas.proxy import Scorer
+
+    original, calls = Scorer.score, []
+
+    def score_or_die(self, genome):
+        if len(calls) == k:
+            raise KeyboardInterrupt
+        calls.append(genome)
+        return original(self, genome)
+
+    monkeypatch.setattr(Scorer, "score", score_or_die)
+
+
+def _final(out):
+    return _read(out) + ((out / "search/state.json").read_text(),)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "full"
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), **TINY), progress=False)
+    return out
+
+
+def _inside_a_later_generation(history: list[dict]) -> int:
+    """A k after which the search is inside generation >= 1, with candidates of it scored before and after."""
+    return next(k for k in range(1, len(history)) if history[k - 1]["generation"] >= 1
+                and history[k]["generation"] == history[k - 1]["generation"])
+
+
+@pytest.mark.parametrize("where", ["first", "generation 0", "later generation"])
+def test_interrupt_after_any_candidate_resumes_identically(tiny_model_dir, tmp_path, monkeypatch, uninterrupted,
+                                                           where):
+    history = [json.loads(line) for line in (uninterrupted / "history.jsonl").read_text().splitlines()]
+    k = {"first": 1, "generation 0": 3, "later generation": _inside_a_later_generation(history)}[where]
+    killed = tmp_path / "killed"
+    _interrupt_scorer_after(monkeypatch, k)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), **TINY), progress=False)
+    monkeypatch.undo()
+    state = json.loads((killed / "search/state.json").read_text())
+    assert state["history_len"] == k and state["generation"] == history[k]["generation"]
+    assert state["pending"], "the generation in progress is saved with the state"
+    assert (killed / "history.jsonl").read_text().splitlines() == [
+        line for line in (uninterrupted / "history.jsonl").read_text().splitlines()][:k]
+    with open(killed / "search/timings.jsonl", "a") as fh:  # a record written after the last saved state
+        fh.write('{"index": 999, "seconds": 1.0}\n')
+    run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), resume=True, **TINY), progress=False)
+    assert _final(killed) == _final(uninterrupted)
+    assert "pending" not in json.loads((killed / "search/state.json").read_text())
+    assert len((killed / "search/timings.jsonl").read_text().splitlines()) == len(history)
+
+
+def test_ctrl_c_message_says_what_was_kept(tiny_model_dir, tmp_path, monkeypatch, capsys, uninterrupted):
+    flags = [x for k, v in TINY.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    nothing = tmp_path / "nothing"
+    _interrupt_scorer_after(monkeypatch, 0)
+    assert main(["search", "--model", str(tiny_model_dir), "--out", str(nothing), *flags]) == 130
+    assert "nothing was kept" in capsys.readouterr().err
+    assert not nothing.exists()  # the guard removed the run directory it created: there is nothing to resume
+    monkeypatch.undo()
+
+    some = tmp_path / "some"
+    _interrupt_scorer_after(monkeypatch, 2)
+    assert main(["search", "--model", str(tiny_model_dir), "--out", str(some), *flags]) == 130
+    err = capsys.readouterr().err
+    assert "2 candidates scored and saved" in err and f"--out {some} --resume" in err
+    monkeypatch.undo()
+    assert main(["search", "--out", str(some), "--resume", "--iterations", str(TINY["iterations"])]) == 0
+    assert _final(some) == _final(uninterrupted)
+
+
+def _distinct_architectures(space) -> int:
+    """Brute force: every keep pattern x every combination of per-block widths that a fine sweep of ratios
+    realizes, each built as a genome and realized by the space, deduplicated by its realized blocks."""
+    import itertools
+
+    from tracenas.arch import Genome
+
+    n, ratios = space.shape.num_layers, [j / 96 for j in range(1, 97)]
+    per_block = sorted({(space.snap_attn(a), space.snap_mlp(m)) for a in ratios for m in ratios})
+    seen = set()
+    for keep in itertools.product([False, True], repeat=n):
+        if sum(keep) < space.min_layers:
+            continue
+        for widths in itertools.product(per_block, repeat=n):
+            genome = Genome(keep, tuple(a for a, _ in widths), tuple(m for _, m in widths))
+            seen.add(tuple((la.num_heads, la.mlp_width) for la in space.layer_arch(genome) if la.keep)
+                     + (keep,))
+    return len(seen)
+
+
+@pytest.mark.parametrize("kind,num_layers,min_layers", [("llama-gqa", 3, 2), ("llama-mha", 2, 1)])
+def test_dry_run_plan_counts_equal_the_search_space(tmp_path, kind, num_layers, min_layers):
+    from tests.conftest import save_tiny
+    from tracenas.arch import SearchSpace
+    from tracenas.models import get_adapter, load_model
+    from tracenas.search.plan import plan_search
+
+    model_dir = save_tiny(tmp_path / kind, kind, num_layers=num_layers)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    plan = plan_search(SearchConfig(model=str(model_dir), out=str(tmp_path / "never"),
+                                    **{**TINY, "min_layers": min_layers}))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, no run directory
+    assert plan.shape_from == "config"
+    model, _, _ = load_model(str(model_dir), with_tokenizer=False)
+    space = SearchSpace(get_adapter(model).shape(), min_layers=min_layers)
+    assert plan.shape == space.shape  # the config alone gives the loaded model's shape
+    assert plan.reachable == space.reachable() and plan.budget == space.resolve_budget(TINY["budget"])
+    assert plan.shape_params() == space.base_params() == sum(p.numel() for p in model.parameters())
+    assert plan.space_size == _distinct_architectures(space)
+    assert plan.candidates == 5 + (3 - 1) * (5 - 2) and plan.tokens_per_candidate == 2 * 32
+    assert not plan.backward and plan.flops_per_candidate == 2 * space.base_params() * 64  # kl: forward only
+
+
+def test_dry_run_cli_prints_the_plan_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
+    flags = [x for k, v in TINY.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    out = tmp_path / "run"
+    assert main(["search", "--model", str(tiny_model_dir), "--out", str(out), "--dry-run", *flags,
+                 "--proxy", "phi"]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    assert "candidates to score: at most 11" in text and "forward + backward" in text and "x 3" in text
+    assert "no weights loaded" in text and "distinct genomes" in text
+    assert main(["search", "--model", str(tiny_model_dir), "--out", str(out), "--dry-run", *flags,
+                 "--strategy", "uniform"]) == 0
+    assert "at most 1\n" in capsys.readouterr().out and not out.exists()

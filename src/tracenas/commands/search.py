@@ -14,13 +14,14 @@ HELP = "evolutionary search for a pruned architecture scored by a zero-shot prox
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SearchConfig)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the search space size, budget, parameter split, candidates and estimated cost "
+                             "per candidate from the model's config, then exit: nothing is scored or written")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tracenas.arch import format_count  # imports torch (through tracenas.models): only when running
-    from tracenas.search.runner import STATE, run_search, saved_config
+    from tracenas.search.runner import run_search, saved_config
 
     base = load_yaml(getattr(args, "config", None))
     if getattr(args, "resume", False):
@@ -29,13 +30,15 @@ def run(args: argparse.Namespace) -> int:
         out = getattr(args, "out", None) or base.get("out") or SearchConfig.out
         base = {**saved_config(out), **base}
     cfg = from_args(SearchConfig, args, base)
+    if getattr(args, "dry_run", False):
+        from tracenas.search.plan import plan_search
+
+        print(plan_search(cfg).describe())
+        return 0
     try:
         res = run_search(cfg)
     except KeyboardInterrupt:
-        state = Path(cfg.out) / STATE
-        print("tracenas search: interrupted; " + (f"rerun with --out {cfg.out} --resume to continue from the last "
-              "finished generation" if state.exists() else "no generation had finished, so nothing was kept"),
-              file=sys.stderr)
+        print(f"tracenas search: interrupted; {_kept(cfg.out)}", file=sys.stderr)
         return 130
     b = res.best
     print(f"best {cfg.resolved().proxy} score {b.score:.4f} with {format_count(b.params)} parameters "
@@ -43,3 +46,14 @@ def run(args: argparse.Namespace) -> int:
           f"{sum(b.genome.keep)}/{len(b.genome.keep)} blocks kept")
     print(f"{res.candidates_scored} candidates scored in {res.seconds:.0f} s -> {res.out}/arch.json")
     return 0
+
+
+def _kept(out: str) -> str:
+    """What an interrupted search left to resume, read back from its saved state (never assumed)."""
+    from tracenas.search.runner import saved_candidates
+
+    n = saved_candidates(out)
+    if n == 0:
+        return "no candidate had been scored, so nothing was kept"
+    return (f"{n} candidate{'s' if n != 1 else ''} scored and saved; rerun with "
+            f"`tracenas search --out {out} --resume` to continue")

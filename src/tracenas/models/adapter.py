@@ -143,7 +143,9 @@ class ModelAdapter:
         )
         embed = self.decoder().embed_tokens.weight.numel()
         head = self.lm_head()
-        tied = head.weight.data_ptr() == self.decoder().embed_tokens.weight.data_ptr()
+        emb = self.decoder().embed_tokens.weight
+        # meta tensors (a model built from its config alone, `--dry-run`) all have data_ptr 0: compare objects
+        tied = head.weight is emb if emb.is_meta else head.weight.data_ptr() == emb.data_ptr()
         head_params = 0 if tied else _numel(head)
         final_norm = _numel(self.decoder().norm)
         return ModelShape(

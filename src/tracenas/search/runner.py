@@ -7,7 +7,8 @@
 Run directory:
     search.yaml            resolved config          arch.json        best genome, sizes, score
     history.jsonl          every scored candidate   search.log       log of the run
-    search/state.json      population, cache, RNG (atomic, after every generation)
+    search/state.json      population, cache, RNG, the generation in progress (atomic, after every scored
+                           candidate and every generation)
     search/anchor.safetensors   importance and base traces (reused by --resume)
     search/timings.jsonl   seconds per candidate    search/summary.json  cost of the search
     search/progress.png    best/mean score per generation; search/arch.png  per-layer retention
@@ -93,6 +94,14 @@ def resume_config(cfg: SearchConfig, out: Path) -> SearchConfig:
     return merged
 
 
+def saved_candidates(out: str | os.PathLike) -> int:
+    """How many scored candidates the search saved in `out` holds (0: none, or no readable saved state)."""
+    try:
+        return int(json.loads((Path(out) / STATE).read_text())["history_len"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _prepare_out(cfg: SearchConfig, out: Path) -> None:
     """Refuse to start a new search over an existing one."""
     if (out / STATE).exists():
@@ -152,7 +161,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
     if model is None:
         resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
     data_mod.check_source(cfg.data)
-    with RunDirGuard(out, resumable=lambda: (out / STATE).exists()):
+    with RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0):
         recipe = SearchRecipe(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
         return recipe.run()
 
@@ -259,7 +268,8 @@ class SearchRecipe:
         _truncate_jsonl(self.history, state.history_len)
         _truncate_jsonl(self.timings, state.history_len, required=False)
         save_config(self.out, "search", dataclasses.replace(self.cfg, resume=False))  # records an extended --iterations
-        log.info("resuming after generation %d (%d candidates scored)", state.generation, state.history_len)
+        pending = "" if state.pending is None else f", {len(state.pending)} proposed for generation {state.generation}"
+        log.info("resuming after generation %d (%d candidates scored%s)", state.generation, state.history_len, pending)
 
     def _fresh_outputs(self) -> None:
         for p in (self.history, self.timings):
@@ -294,6 +304,8 @@ class SearchRecipe:
             fh.write(json.dumps(rec) + "\n")
         with open(self.timings, "a") as fh:
             fh.write(json.dumps({"index": rec["index"], "seconds": round(info.get("seconds", 0.0), 4)}) + "\n")
+        if state.pending is not None:  # last, so the saved state never counts a record not yet written
+            atomic_write_json(self.out / STATE, self.strategy.state_dict())
         if self.bar is not None:
             best = max((s for s in state.scores.values() if s > float("-inf")), default=float("nan"))
             self.bar.update(1)
@@ -365,7 +377,10 @@ def is_done(out: str | os.PathLike, iterations: int | None = None) -> bool:
     summary, state = out / "search" / "summary.json", out / STATE
     if not (summary.exists() and state.exists() and (out / "arch.json").exists()):
         return False
-    return iterations is None or json.loads(state.read_text())["generation"] >= iterations
+    saved = json.loads(state.read_text())
+    if saved.get("pending") is not None:  # an extended search interrupted inside a generation
+        return False
+    return iterations is None or saved["generation"] >= iterations
 
 
-__all__ = ["SearchRecipe", "SearchResult", "is_done", "run_search", "Genome"]
+__all__ = ["SearchRecipe", "SearchResult", "is_done", "run_search", "saved_candidates", "Genome"]

@@ -79,13 +79,16 @@ class EvolutionState:
     rejected: int = 0
     best_per_generation: list[float] = field(default_factory=list)
     mean_per_generation: list[float] = field(default_factory=list)
+    # the generation in progress: the genomes proposed for it (`rng_state` is then the RNG after proposing);
+    # None between generations. A resume scores these (those already scored come from `scores`).
+    pending: list[Genome] | None = None
 
     def best(self) -> Candidate | None:
         finite = [c for c in self.population if c.score > NEG_INF]
         return max(finite, key=lambda c: (c.score, c.genome.key())) if finite else None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "generation": self.generation,
             "population": [c.to_dict() for c in self.population],
             "scores": {k: _json_float(v) for k, v in self.scores.items()},
@@ -95,6 +98,9 @@ class EvolutionState:
             "best_per_generation": [_json_float(x) for x in self.best_per_generation],
             "mean_per_generation": [_json_float(x) for x in self.mean_per_generation],
         }
+        if self.pending is not None:  # absent between generations: such a state reads as before this key existed
+            d["pending"] = [g.to_dict() for g in self.pending]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "EvolutionState":
@@ -107,4 +113,5 @@ class EvolutionState:
             rejected=int(d.get("rejected", 0)),
             best_per_generation=[float(x) for x in d.get("best_per_generation", [])],
             mean_per_generation=[float(x) for x in d.get("mean_per_generation", [])],
+            pending=None if d.get("pending") is None else [Genome.from_dict(g) for g in d["pending"]],
         )

@@ -8,7 +8,10 @@
 A strategy decides *which* genomes to score next (`initial_population`, `next_population`); the base
 class owns what every strategy must do the same way so that runs resume exactly and histories stay
 comparable: one seeded numpy Generator whose state is saved after every generation, the score cache
-(nothing is scored twice), the history counter and the hooks the runner writes its files from.
+(nothing is scored twice), the history counter and the hooks the runner writes its files from. The
+generation in progress is part of the state (`state.pending`: its proposed genomes), so a state saved
+after any scored candidate resumes exactly; a strategy that overrides `step` should call
+`begin_generation` for its genomes and clear `state.pending` before `tell`, or it resumes by generation only.
 Reusable operators (budget repair, importance anchors, fresh draws) live in `operators` and are held,
 not inherited. Pure Python + numpy: no torch or transformers.
 
@@ -115,9 +118,20 @@ class SearchStrategy(ABC):
         self.state.mean_per_generation.append(float(np.mean(finite)) if finite else NEG_INF)
         self.state.rng_state = self.rng.bit_generator.state
 
+    def begin_generation(self) -> list[Genome]:
+        """The genomes of the generation in progress: `state.pending` when a resumed state holds them,
+        else newly proposed ones, recorded as pending together with the RNG state after proposing, so that
+        a state saved after any scored candidate resumes exactly (`state.pending`)."""
+        if self.state.pending is None:
+            self.state.pending = self.propose()
+            self.state.rng_state = self.rng.bit_generator.state
+        return self.state.pending
+
     def step(self) -> None:
         """Run one generation (the initial population for generation 0) and save the RNG state."""
-        self.tell(self.evaluate(self.propose()))
+        candidates = self.evaluate(self.begin_generation())
+        self.state.pending = None
+        self.tell(candidates)
         if self.on_generation:
             self.on_generation(self.state)
 
