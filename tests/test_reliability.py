@@ -256,3 +256,43 @@ def test_recover_resume_removes_partial_checkpoint(model_dir, tmp_path):
     (partial / "model.safetensors").write_bytes(b"\0" * 10)
     res = recover(RecoverConfig(**cfg, resume=True), progress=False)
     assert res.completed and not partial.exists()
+
+
+# issue 17: results are ordinary files on a shared machine, and any scored candidate can be exported -------------
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    from tracenas.config import atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "arch.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "arch.json").stat().st_mode & 0o777 == mode
+
+
+def test_export_any_candidate_of_the_history(model_dir, tmp_path, capsys):
+    from tracenas.models.pruned import load_pruned
+
+    run = tmp_path / "run"
+    run_search(SearchConfig(model=str(model_dir), out=str(run), iterations=2, **SEARCH), progress=False)
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    best = json.loads((run / "arch.json").read_text())
+    best_index = next(h["index"] for h in history if h["genome"] == best["genome"])
+    assert main(["export", str(run)]) == 0
+    assert main(["export", str(run), "--candidate", str(best_index)]) == 0
+    assert (run / f"model-candidate-{best_index}" / "model.safetensors").read_bytes() == \
+        (run / "model" / "model.safetensors").read_bytes()  # the best candidate is what the default export writes
+    other = next(h for h in history if h["genome"] != best["genome"])
+    assert main(["export", str(run), "--candidate", str(other["index"]), "--out", str(tmp_path / "other")]) == 0
+    assert sum(p.numel() for p in load_pruned(tmp_path / "other").parameters()) == other["params"]
+    capsys.readouterr()
+    assert main(["export", str(run), "--candidate", str(len(history))]) == 2
+    assert f"no candidate {len(history)}" in capsys.readouterr().err
+
+
+def test_search_help_shows_what_each_preset_sets(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "candidates per generation (preset: paper 30, quick 8)" in out

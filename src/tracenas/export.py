@@ -40,7 +40,7 @@ from tracenas.config import atomic_write_text
 from tracenas.device import to_torch_dtype
 from tracenas.logs import captured_log, run_log
 from tracenas.errors import RunDirError, TracenasError
-from tracenas.masking import LayerSelection, selection_from_list, slice_model
+from tracenas.masking import LayerSelection, select, selection_from_list, slice_model
 from tracenas.models.adapter import ModelAdapter, adapter_class_for, get_adapter
 from tracenas.models.pruned import load_pruned
 from tracenas.models.remote import modeling_tracenas as remote
@@ -431,7 +431,8 @@ def is_done(run_dir: str | os.PathLike) -> bool:
 
 
 def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
-               out: str | os.PathLike | None = None, dtype: str = "float32", settings: dict | None = None) -> Path:
+               out: str | os.PathLike | None = None, dtype: str = "float32", settings: dict | None = None,
+               candidate: int | None = None) -> Path:
     """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`).
 
     `settings` (the resolved export options) are recorded as `export.yaml`: in RUN_DIR for the default
@@ -442,13 +443,25 @@ def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arc
             raise RunDirError(f"no such run directory: {run_dir}")
         # RunDirGuard: a failed export leaves no new export.log behind
         with RunDirGuard(run_dir), run_log(run_dir, "export"):
-            return _export_run(Path(run_dir), model_spec, arch_path, None, dtype, settings, None)
+            return _export_run(Path(run_dir), model_spec, arch_path, None, dtype, settings, None, candidate)
     with captured_log() as lines:  # written into OUT with the model: nothing goes into RUN_DIR
-        return _export_run(Path(run_dir), model_spec, arch_path, out, dtype, settings, lines)
+        return _export_run(Path(run_dir), model_spec, arch_path, out, dtype, settings, lines, candidate)
+
+
+def read_candidate(run_dir: Path, index: int) -> dict:
+    """Record `index` of RUN_DIR/history.jsonl (any scored candidate, not only the best), one-line errors."""
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        raise RunDirError(f"no history.jsonl in {run_dir}: --candidate needs a search's run directory")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not 0 <= index < len(records) or records[index].get("index") != index:
+        raise RunDirError(f"no candidate {index} in {path}: it holds candidates 0 to {len(records) - 1}")
+    return records[index]
 
 
 def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathLike | None,
-                out: str | os.PathLike | None, dtype: str, settings: dict | None, lines) -> Path:
+                out: str | os.PathLike | None, dtype: str, settings: dict | None, lines,
+                candidate: int | None = None) -> Path:
     import yaml
 
     from tracenas.models.loading import load_model, public_source
@@ -464,13 +477,25 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
     except (KeyError, TypeError, ValueError, TracenasError) as err:
         raise RunDirError(f"arch.json is corrupt: malformed genome or selection ({err})") from err
     to_torch_dtype(dtype)
-    target = Path(out) if out is not None else run_dir / "model"
+    chosen = None
+    if candidate is not None:  # a scored candidate of the history instead of the best
+        chosen = read_candidate(run_dir, candidate)
+        genome = Genome.from_dict(chosen["genome"])
+    default = "model" if candidate is None else f"model-candidate-{candidate}"
+    target = Path(out) if out is not None else run_dir / default
     _check_writable(target.expanduser().absolute())
     spec = model_spec or arch_file.source_spec()
     log.info("loading base model %s", spec or "(default)")
     model, _, source = load_model(spec, dtype=torch.float32, device="cpu", with_tokenizer=False)
     adapter = get_adapter(model)
     space = SearchSpace(adapter.shape(), min_layers=1)
+    if chosen is not None:
+        from tracenas.search.runner import ANCHOR, load_anchor
+
+        if not (run_dir / ANCHOR).is_file():
+            raise RunDirError(f"no {ANCHOR} in {run_dir}: --candidate needs the search's saved importance")
+        selection = select(space, genome, load_anchor(run_dir / ANCHOR)[0])
+        arch = {**arch, "layers": None, "score": chosen.get("score")}
     try:
         if genome.num_layers != space.shape.num_layers:
             raise TracenasError(f"the genome has {genome.num_layers} layers but the model has "
@@ -492,7 +517,7 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
     public = public_source(source)
     card = {"source_model": public.name, "base_model": public.base_model, "license": public.license,
             "proxy": arch.get("proxy"), "strategy": arch.get("strategy"), "budget": arch.get("budget"),
-            "score": arch.get("score"), "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
+            "score": arch.get("score"), "candidate": candidate, "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
             "run directory": run_dir.absolute().name}
     record = yaml.safe_dump(dict(settings, output=str(target)), sort_keys=False) if settings is not None else None
     inside = None
@@ -515,6 +540,6 @@ def _load_tokenizer(source):
         return None
 
 
-__all__ = ["is_done", "card_metadata", "check_genome", "check_layers", "check_selection", "describe_proxy", "export_pruned",
+__all__ = ["is_done", "read_candidate", "card_metadata", "check_genome", "check_layers", "check_selection", "describe_proxy", "export_pruned",
            "export_run", "load_pruned", "model_card",
            "save_pruned", "to_torch_dtype"]

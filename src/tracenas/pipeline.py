@@ -27,6 +27,9 @@ from tracenas.config import atomic_write_json, opt, save_config
 from tracenas.errors import TracenasError
 from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard
+from tracenas.eval_config import PRESETS as EVAL_PRESETS
+from tracenas.recover.config import PRESETS as RECOVER_PRESETS
+from tracenas.search.config import preset_help
 from tracenas.search.registry import strategy_names
 
 log = logging.getLogger(__name__)
@@ -48,22 +51,22 @@ class RunConfig:
     seed: int = opt(0, "seed of every stage")
     device: str = opt("auto", "auto, cpu, cuda, ...")
     # search knobs most worth overriding (the rest: run `tracenas search` directly)
-    population: int | None = opt(None, "search population (preset)")
-    elites: int | None = opt(None, "search elites (preset)")
-    iterations: int | None = opt(None, "search generations (preset)")
-    num_sequences: int | None = opt(None, "calibration sequences (preset)")
-    seq_len: int | None = opt(None, "calibration sequence length (preset)")
-    rank: int | None = opt(None, "LoRA probe rank (preset)")
+    population: int | None = opt(None, preset_help("population", "search population"))
+    elites: int | None = opt(None, preset_help("elites", "search elites"))
+    iterations: int | None = opt(None, preset_help("iterations", "search generations"))
+    num_sequences: int | None = opt(None, preset_help("num_sequences", "calibration sequences"))
+    seq_len: int | None = opt(None, preset_help("seq_len", "calibration sequence length"))
+    rank: int | None = opt(None, preset_help("rank", "LoRA probe rank"))
     min_layers: int | None = opt(None, "minimum kept blocks (default: half)")
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
     # recovery
-    recover_tokens: str | None = opt(None, "recovery token budget, e.g. 200k (preset)")
-    recover_seq_len: int | None = opt(None, "recovery sequence length (preset)")
-    recover_lr: float | None = opt(None, "recovery peak learning rate (preset)")
+    recover_tokens: str | None = opt(None, preset_help("tokens", "recovery token budget, e.g. 200k", RECOVER_PRESETS))
+    recover_seq_len: int | None = opt(None, preset_help("seq_len", "recovery sequence length", RECOVER_PRESETS))
+    recover_lr: float | None = opt(None, preset_help("lr", "recovery peak learning rate", RECOVER_PRESETS))
     distill: bool = opt(False, "distill from the base model during recovery")
     # evaluation and speed
     tasks: str | None = opt(None, "lm-eval tasks for every evaluated model (e.g. 'paper' or local:file.jsonl)")
-    ppl_max_tokens: int | None = opt(None, "cap on perplexity tokens (preset)")
+    ppl_max_tokens: int | None = opt(None, preset_help("ppl_max_tokens", "cap on perplexity tokens (0 = all)", EVAL_PRESETS))
     eval_base: bool = opt(True, "also evaluate the unpruned base model (for the report)")
     bench_prompt_len: int | None = opt(None, "bench prompt length (default: CPU/GPU-sized)")
     bench_gen_len: int | None = opt(None, "bench generated tokens (default: CPU/GPU-sized)")

@@ -23,6 +23,8 @@ class ExportConfig:
     out: str | None = opt(None, "output directory (default: RUN_DIR/model); an earlier export there is replaced "
                                "atomically, any other non-empty directory is refused")
     dtype: str = opt("float32", "dtype of the saved weights", choices=["float32", "bfloat16", "float16"])
+    candidate: int | None = opt(None, "export this scored candidate of RUN_DIR/history.jsonl (its `index`) instead of "
+                                      "the best, to RUN_DIR/model-candidate-N unless --out is given")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(ExportConfig, args)
     path = export_run(cfg.run_dir, model_spec=cfg.model, arch_path=cfg.arch, out=cfg.out, dtype=cfg.dtype,
-                      settings=to_dict(cfg))
+                      settings=to_dict(cfg), candidate=cfg.candidate)
     fields = json.loads((path / "config.json").read_text()).get("tracenas", {})
     params, base = fields.get("params"), fields.get("base_params")
     print(f"exported {path}")

@@ -22,6 +22,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def preset_help(key: str, text: str, presets: dict[str, dict] | None = None) -> str:
+    """`text (preset: paper 30, quick 8)`: what each preset (the search's by default) sets when the flag is left out."""
+    presets = PRESETS if presets is None else presets
+    return f"{text} (preset: " + ", ".join(f"{name} {values[key]:,}" if isinstance(values[key], int) else
+                                            f"{name} {values[key]}" for name, values in presets.items()) + ")"
+
+
 @dataclass
 class SearchConfig:
     model: str | None = opt(None, "HF model id, local model directory or .gguf file; empty = embedded SmolLM2-135M")
@@ -34,13 +41,13 @@ class SearchConfig:
     # help and choices are read when the parser is built, so proxies registered later are listed too
     proxy: str | None = opt(None, lambda: "candidate score (preset: kl for quick, phi for paper): "
                             + ", ".join(proxy_names()), choices=proxy_names)
-    num_sequences: int | None = opt(None, "calibration sequences (paper: 16)")
-    seq_len: int | None = opt(None, "tokens per calibration sequence (paper: 4096)")
-    rank: int | None = opt(None, "LoRA probe rank r of the gradient traces (paper: 64)")
-    population: int | None = opt(None, "candidates per generation (paper: 30)")
-    elites: int | None = opt(None, "elites carried to the next generation (paper: 10)")
-    iterations: int | None = opt(None, "generations, the initial one included (paper: 50)")
-    micro_batch: int | None = opt(None, "sequences per forward/backward pass (memory vs speed)")
+    num_sequences: int | None = opt(None, preset_help("num_sequences", "calibration sequences"))
+    seq_len: int | None = opt(None, preset_help("seq_len", "tokens per calibration sequence"))
+    rank: int | None = opt(None, preset_help("rank", "LoRA probe rank r of the gradient traces"))
+    population: int | None = opt(None, preset_help("population", "candidates per generation"))
+    elites: int | None = opt(None, preset_help("elites", "elites carried to the next generation"))
+    iterations: int | None = opt(None, preset_help("iterations", "generations, the initial one included"))
+    micro_batch: int | None = opt(None, preset_help("micro_batch", "sequences per forward/backward pass (memory vs speed)"))
     crossover: float = opt(0.7, "probability that a child is a crossover of two elites")
     mutation_depth: float = opt(0.2, "probability per child of flipping one block's keep bit")
     mutation_width: float = opt(0.2, "probability per ratio of a multiplicative Gaussian jitter")

@@ -120,7 +120,8 @@ def _save_anchor(path: Path, importance: Importance, base: dict | None) -> None:
     os.replace(tmp, path)
 
 
-def _load_anchor(path: Path) -> tuple[Importance, dict]:
+def load_anchor(path: Path) -> tuple[Importance, dict]:
+    """The importance (and base traces, if any) a search saved in `search/anchor.safetensors`."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
@@ -238,7 +239,7 @@ class SearchRecipe:
         probes = None
         anchor_path = out / ANCHOR
         if resuming and anchor_path.exists():
-            importance, base = _load_anchor(anchor_path)
+            importance, base = load_anchor(anchor_path)
             base = {k: v.to(device) for k, v in base.items()} or None
         else:
             log.info("importance pass over %d x %d calibration tokens", *batches.shape)
