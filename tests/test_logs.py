@@ -73,3 +73,24 @@ def test_library_caller_sees_the_search_log(tmp_path):
         logging.getLogger("tracenas").removeHandler(handler)
     assert any(m.startswith("best kl") for m in seen)
     assert (tmp_path / "run" / "search.log").read_text().count("best kl") == 1
+
+
+def test_library_run_takes_threads_from_its_config_and_restores_them(tmp_path):
+    import json
+
+    import torch
+
+    from tracenas.search.config import SearchConfig
+    from tracenas.search.runner import run_search
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = save_tiny(tmp_path / "model")
+        run_search(SearchConfig(model=str(model), out=str(tmp_path / "run"), num_sequences=2, seq_len=32, rank=4,
+                                population=4, elites=2, iterations=1, min_layers=2, budget="0.7",
+                                budget_tolerance=0.1, threads=1), progress=False)
+        assert torch.get_num_threads() == 2  # the caller's setting, back
+        assert json.loads((tmp_path / "run" / "search" / "summary.json").read_text())["threads"] == 1
+    finally:
+        torch.set_num_threads(before)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from tracenas.errors import TracenasError
@@ -41,6 +44,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return to_torch_dtype(dtype)
+
+
+@contextmanager
+def using_threads(threads: int | None) -> Iterator[None]:
+    """`set_threads(threads)` for the block, then torch's previous count again (a library run leaves the
+    caller's setting as it found it)."""
+    previous = set_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def set_threads(threads: int | None) -> int:

@@ -30,6 +30,7 @@ from torch import nn
 
 from tracenas.config import atomic_write_json, save_config, to_dict
 from tracenas.eval_config import PRESETS, EvalConfig
+from tracenas.device import using_threads
 from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard, check_writable_dir
 from tracenas.errors import TracenasError
@@ -223,9 +224,10 @@ def evaluate(cfg: EvalConfig, *, model: nn.Module | None = None, tokenizer=None,
     eval.log (a failure leaves no half-made OUT behind)."""
     cfg = cfg.resolved()
     if not cfg.out:
-        return _evaluate(cfg, model, tokenizer, progress)
+        with using_threads(cfg.threads):
+            return _evaluate(cfg, model, tokenizer, progress)
     out = check_writable_dir(cfg.out)
-    with RunDirGuard(out), run_log(out, "eval"):
+    with RunDirGuard(out), run_log(out, "eval"), using_threads(cfg.threads):
         return _evaluate(cfg, model, tokenizer, progress)
 
 

@@ -40,6 +40,7 @@ STAGES = ("search", "export", "recover", "eval", "bench")
 @dataclass
 class RunConfig:
     out: str = opt("runs/run", "run directory for every stage's outputs and report.md")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
     model: str | None = opt(None, "HF id, local directory or .gguf; empty = embedded SmolLM2-135M")
     data: str | None = opt(None, "text for calibration, training and evaluation (disjoint splits); empty = embedded "
                                  "Wikipedia")
@@ -92,8 +93,11 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               num_sequences=cfg.num_sequences, seq_len=cfg.seq_len, rank=cfg.rank,
                               min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
+    from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch
+
     # A failure before the search saved anything resumable leaves the disk as it was.
-    with RunDirGuard(out, resumable=lambda: (out / "search" / "state.json").exists()), run_log(out, "run"):
+    with RunDirGuard(out, resumable=lambda: (out / "search" / "state.json").exists()), run_log(out, "run"), \
+            using_threads(cfg.threads):
         return _run_stages(cfg, search_cfg, out, stages, progress)
 
 

@@ -25,6 +25,7 @@ from tracenas.recover.plots import plot_loss
 from tracenas.recover.save import save_recovered
 from tracenas.recover.schedule import lr_at, param_groups
 from tracenas.recover.windows import TrainWindows, _training_stream
+from tracenas.device import using_threads
 from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard, check_writable_dir
 
@@ -311,7 +312,8 @@ class Recovery:
             _remove_partial_checkpoints(self.out)
         guard = (RunDirGuard(self.out, resumable=lambda: bool(_checkpoint_dirs(self.out))) if self.main
                  else contextlib.nullcontext())
-        with guard, (run_log(self.out, "recover") if self.main else contextlib.nullcontext()):
+        with guard, (run_log(self.out, "recover") if self.main else contextlib.nullcontext()), \
+                using_threads(self.cfg.threads):
             self.setup()
             self.train()
             return self.finalize()

@@ -62,6 +62,7 @@ class SearchConfig:
     device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
     dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
                      choices=("auto", "float32", "bfloat16", "float16"))
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
     resume: bool = opt(False, "continue the search saved in --out (same config required)")
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ import yaml
 
 from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_json, atomic_write_text, save_config
-from tracenas.device import resolve_device, resolve_dtype
+from tracenas.device import resolve_device, resolve_dtype, using_threads
 from tracenas.errors import RunDirError, TracenasError
 from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard
@@ -59,7 +59,7 @@ class SearchResult:
     seconds: float
 
 
-_MAY_CHANGE_ON_RESUME = ("resume", "iterations", "out")  # a resumed search may be extended, or moved
+_MAY_CHANGE_ON_RESUME = ("resume", "iterations", "out", "threads")  # a resumed search may be extended, or moved
 
 
 def saved_config(out: str | os.PathLike) -> dict:
@@ -185,7 +185,7 @@ class SearchRecipe:
         self.bar = None
 
     def run(self) -> SearchResult:
-        with run_log(self.out, "search"):
+        with run_log(self.out, "search"), using_threads(self.cfg.threads):
             self.t_start = time.perf_counter()
             self.setup()
             return self.finalize(self.search())

@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "sweep_rank": "2,8,64,256,1024"},
 }
 # May change between invocations on the same --out; everything else must match the saved validate.yaml.
-_RESUMABLE = ("num_candidates", "seeds", "proxies", "variants", "sweep", "device", "report_only")
+_RESUMABLE = ("num_candidates", "seeds", "proxies", "variants", "sweep", "device", "report_only", "threads")
 
 
 def _ints(text: str | list | None) -> list[int]:
@@ -49,6 +49,7 @@ class ValidateConfig:
     model: str | None = opt(None, "HF model id, local directory or .gguf; empty = embedded SmolLM2-135M")
     data: str | None = opt(None, "text: empty = embedded Wikipedia (calibration/train/eval splits never overlap)")
     out: str = opt("runs/validate", "run directory; rerunning on it resumes (finished records are skipped)")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
     preset: str = opt("quick", "quick (CPU) or paper (GPU); explicit flags override it", choices=tuple(PRESETS))
     budget: str = opt("0.6", "parameter budget of every candidate: a count (81M) or a fraction (0.6)")
     budget_tolerance: float = opt(0.02, "candidates lie in [C*(1-tol), C] parameters, as in the search")

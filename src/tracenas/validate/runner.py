@@ -93,7 +93,7 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
                    progress: bool = True) -> ValidationResult:
     """Sample candidates, compute what candidates.jsonl lacks (this rank's share), then write the reports."""
     from tracenas.models import get_adapter, load_model
-    from tracenas.device import resolve_device, resolve_dtype
+    from tracenas.device import resolve_device, resolve_dtype, using_threads
 
     cfg = cfg.resolved()
     out = Path(cfg.out)
@@ -106,6 +106,7 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
     _barrier(world)
     log_file = contextlib.ExitStack()
     log_file.enter_context(run_log(out, "validate" if rank == 0 else f"validate.rank{rank}"))
+    log_file.enter_context(using_threads(cfg.threads))
     try:
         device = resolve_device(cfg.device)
         if device.type == "cuda" and world > 1 and device.index is None:
