@@ -119,7 +119,7 @@ def test_the_proxy_registry_imports_no_scoring_module():
 
 # The layers of docs/architecture.md, bottom first; a module may import only from its own layer or below.
 LAYERS = [
-    ("shared", ("errors", "config", "device", "lazy", "logs", "rundir", "losses", "data", "tasks", "proxy_registry",
+    ("shared", ("errors", "config", "budget", "device", "lazy", "logs", "rundir", "losses", "data", "tasks", "proxy_registry",
                 "search.registry", "bench_config", "eval_config")),
     ("models", ("models",)),
     ("arch", ("arch",)),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracenas.budget import BudgetMetric
 from tracenas.config import parse_budget_spec
 from tracenas.errors import BudgetError, RunDirError, TracenasError
 from tracenas.models.adapter import ModelShape
@@ -76,12 +77,13 @@ class LayerArch:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The realizable grid for one base model."""
+    """The realizable grid for one base model, and what its budget counts (`metric`)."""
 
     shape: ModelShape
     min_layers: int = 1
     include_embeddings: bool = True
     mlp_multiple: int = MLP_MULTIPLE
+    metric: BudgetMetric = BudgetMetric()
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_layers <= self.shape.num_layers:
@@ -156,22 +158,50 @@ class SearchSpace:
     def base_params(self, include_embeddings: bool | None = None) -> int:
         return self.params(Genome.full(self.shape.num_layers), include_embeddings)
 
+    def memory_bytes(self, genome: Genome) -> int:
+        """Weights (all of them, embeddings included) + KV cache, in bytes (see `BudgetMetric`)."""
+        m, s = self.metric, self.shape
+        kv = sum(2 * la.num_kv_heads * s.head_dim for la in self.layer_arch(genome) if la.keep)
+        return (self.params(genome, include_embeddings=True) + kv * m.context * m.batch) * m.dtype_bytes
+
+    def flops_per_token(self, genome: Genome) -> int:
+        """FLOPs of one generated token at position `metric.context` (see `BudgetMetric`)."""
+        s, context = self.shape, self.metric.context
+        total = 2 * s.vocab_size * s.hidden_size  # output layer
+        for la in self.layer_arch(genome):
+            if la.keep:
+                q, kv = la.num_heads * s.head_dim, la.num_kv_heads * s.head_dim
+                weights = s.hidden_size * (2 * q + 2 * kv) + 3 * s.hidden_size * la.mlp_width
+                total += 2 * weights + 4 * q * context
+        return total
+
+    def cost(self, genome: Genome) -> int:
+        """What the budget counts for `genome`, in `metric.unit`: the one number the search keeps in budget."""
+        kind = self.metric.kind
+        if kind == "params":
+            return self.params(genome)
+        return self.memory_bytes(genome) if kind == "memory" else self.flops_per_token(genome)
+
+    def base_cost(self) -> int:
+        return self.cost(Genome.full(self.shape.num_layers))
+
     def reachable(self) -> tuple[int, int]:
-        """Smallest and largest parameter counts the space can express."""
+        """Smallest and largest costs (parameters by default) the space can express."""
         n = self.shape.num_layers
         keep = tuple(i < self.min_layers for i in range(n))
-        lo = self.params(self.snap(Genome(keep, (0.0,) * n, (0.0,) * n)))
-        return lo, self.base_params()
+        lo = self.cost(self.snap(Genome(keep, (0.0,) * n, (0.0,) * n)))
+        return lo, self.base_cost()
 
     def resolve_budget(self, budget: str | float | int) -> int:
-        """`81M`, `2.7B`, `123456` (absolute) or `0.6` (fraction of the base count) -> a count, checked."""
-        count = parse_budget(budget, self.base_params())
+        """`81M`, `2.7B`, `123456` (absolute, in `metric.unit`; memory also `300MB`, `1.5GiB`) or `0.6` (fraction
+        of the base model's cost) -> a count, checked against what the space can reach."""
+        count = parse_budget(budget, self.base_cost())
         lo, hi = self.reachable()
         if not lo <= count < hi:
+            emb = "" if self.include_embeddings or self.metric.kind != "params" else " (embeddings excluded)"
             raise BudgetError(
                 f"budget {format_count(count)} is outside what this search space can reach: "
-                f"[{format_count(lo)}, {format_count(hi)}) parameters"
-                f"{'' if self.include_embeddings else ' (embeddings excluded)'} with min_layers={self.min_layers}"
+                f"[{format_count(lo)}, {format_count(hi)}) {self.metric.unit}{emb} with min_layers={self.min_layers}"
             )
         return count
 
@@ -184,6 +214,9 @@ class SearchSpace:
             "params": self.params(genome, include_embeddings=True),
             "params_without_embeddings": self.params(genome, include_embeddings=False),
             "base_params": self.base_params(include_embeddings=True),
+            **({} if self.metric.kind == "params" else {
+                "budget_metric": self.metric.describe(), "memory_bytes": self.memory_bytes(genome),
+                "flops_per_token": self.flops_per_token(genome)}),
         }
 
 

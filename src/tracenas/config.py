@@ -126,6 +126,33 @@ def _late(value: Any) -> Any:
     return value() if callable(value) else value
 
 
+_BYTES = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def normalize_memory_budget(budget: str | float | int) -> str:
+    """`"300MB"`, `"1.5GiB"`, `"2e9"` (bytes) or `"0.6"` (a fraction of the base model's memory) -> the plain
+    number `parse_budget_spec` reads (`"300000000"`, `"0.6"`); one-line errors."""
+    text = str(budget).strip().upper().replace("_", "").replace(",", "")
+    for suffix, scale in sorted(_BYTES.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(suffix):
+            try:
+                value = float(text[: -len(suffix)]) * scale
+            except ValueError:
+                break
+            if not math.isfinite(value) or value < 1:
+                break
+            return str(int(value))
+    else:
+        if text and text[-1] not in "KMGT" and not text.endswith("B"):
+            try:
+                parse_budget_spec(text)  # a byte count or a fraction
+                return text
+            except BudgetError:
+                pass
+    raise BudgetError(f"cannot read a memory budget from {budget!r}: use a size like 300MB / 1.5GB / 2GiB or a "
+                      "fraction of the base model's memory like 0.6")
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):

@@ -495,7 +495,7 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
         if not (run_dir / ANCHOR).is_file():
             raise RunDirError(f"no {ANCHOR} in {run_dir}: --candidate needs the search's saved importance")
         selection = select(space, genome, load_anchor(run_dir / ANCHOR)[0])
-        arch = {**arch, "layers": None, "score": chosen.get("score")}
+        arch = {**arch, "layers": None, "score": chosen.get("score"), "memory_bytes": None, "flops_per_token": None}
     try:
         if genome.num_layers != space.shape.num_layers:
             raise TracenasError(f"the genome has {genome.num_layers} layers but the model has "
@@ -517,6 +517,8 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
     public = public_source(source)
     card = {"source_model": public.name, "base_model": public.base_model, "license": public.license,
             "proxy": arch.get("proxy"), "strategy": arch.get("strategy"), "budget": arch.get("budget"),
+            "budget unit": (arch.get("budget_metric") or {}).get("kind", "params"),
+            "serving memory (bytes)": arch.get("memory_bytes"), "FLOPs per token": arch.get("flops_per_token"),
             "score": arch.get("score"), "candidate": candidate, "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
             "run directory": run_dir.absolute().name}
     record = yaml.safe_dump(dict(settings, output=str(target)), sort_keys=False) if settings is not None else None

@@ -45,6 +45,11 @@ class RunConfig:
     data: str | None = opt(None, "text for calibration, training and evaluation (disjoint splits); empty = embedded "
                                  "Wikipedia")
     budget: str = opt("0.6", "parameter budget: count (81M) or fraction (0.6)")
+    budget_memory: str | None = opt(None, "budget in serving memory instead (300MB, 1.5GiB or a fraction); see search")
+    budget_flops: str | None = opt(None, "budget in FLOPs per token instead (150M or a fraction); see search")
+    budget_dtype: str = opt("bfloat16", "bytes per value for --budget-memory", choices=("float32", "bfloat16", "float16"))
+    budget_context: int = opt(4096, "context length for --budget-memory's KV cache and --budget-flops")
+    budget_batch: int = opt(1, "sequences in the KV cache for --budget-memory")
     preset: str = opt("quick", "quick (CPU) or paper settings for every stage", choices=("quick", "paper"))
     strategy: str = opt("evolution", lambda: "search strategy: " + ", ".join(strategy_names()), choices=strategy_names)
     proxy: str | None = opt(None, "search score (preset: kl for quick, phi for paper; see `tracenas search --help`)")
@@ -91,7 +96,10 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               strategy=cfg.strategy, proxy=cfg.proxy, seed=cfg.seed, device=cfg.device,
                               population=cfg.population, elites=cfg.elites, iterations=cfg.iterations,
                               num_sequences=cfg.num_sequences, seq_len=cfg.seq_len, rank=cfg.rank,
-                              min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance).resolved()
+                              min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance,
+                              budget_memory=cfg.budget_memory, budget_flops=cfg.budget_flops,
+                              budget_dtype=cfg.budget_dtype, budget_context=cfg.budget_context,
+                              budget_batch=cfg.budget_batch).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
     from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tracenas.config import opt, parse_budget_spec
+from tracenas.budget import BudgetMetric
+from tracenas.config import normalize_memory_budget, opt, parse_budget_spec
 from tracenas.errors import TracenasError
 from tracenas.proxy_registry import get_proxy, proxy_names
 from tracenas.search.registry import strategy_help, strategy_names
@@ -56,6 +57,14 @@ class SearchConfig:
     init_depth_flips: int = opt(3, "generation-0 children drop up to this many random blocks")
     min_layers: int | None = opt(None, "minimum kept blocks L_min (default: half of the base model's blocks)")
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
+    budget_memory: str | None = opt(None, "budget in serving memory instead of parameters: weights at --budget-dtype + the "
+                                          "KV cache of --budget-batch x --budget-context tokens (300MB, 1.5GiB, or 0.6 "
+                                          "of the base model's)")
+    budget_flops: str | None = opt(None, "budget in FLOPs per generated token at --budget-context instead of parameters "
+                                         "(a count like 150M, or 0.6 of the base model's)")
+    budget_dtype: str = opt("bfloat16", "bytes per value for --budget-memory", choices=("float32", "bfloat16", "float16"))
+    budget_context: int = opt(4096, "context length (tokens) for --budget-memory's KV cache and --budget-flops")
+    budget_batch: int = opt(1, "sequences in the KV cache for --budget-memory")
     include_embeddings: bool = opt(True, "count embeddings/lm_head in the budget (the paper does)")
     loss_chunk: int = opt(1024, "positions per lm_head chunk: the full logits tensor is never materialized")
     seed: int = opt(0, "seed for the calibration split, LoRA probes and the evolution")
@@ -83,6 +92,14 @@ class SearchConfig:
         if self.seq_len is not None and self.seq_len < 2:
             raise TracenasError("--seq-len must be at least 2")
         parse_budget_spec(self.budget)
+        if self.budget_memory is not None and self.budget_flops is not None:
+            raise TracenasError("give --budget-memory or --budget-flops, not both")
+        if self.budget_memory is not None:
+            normalize_memory_budget(self.budget_memory)
+        if self.budget_flops is not None:
+            parse_budget_spec(self.budget_flops)
+        if self.budget_context < 1 or self.budget_batch < 1:
+            raise TracenasError("--budget-context and --budget-batch must be at least 1")
         for name in ("crossover", "mutation_depth", "mutation_width"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TracenasError(f"--{name.replace('_', '-')} is a probability: it must be in [0, 1], "
@@ -108,6 +125,18 @@ class SearchConfig:
         if not values:
             raise TracenasError("--prior-powers needs at least one value")
         return values
+
+    def budget_metric(self) -> BudgetMetric:
+        """What `budget_value()` counts (parameters unless --budget-memory or --budget-flops is given)."""
+        kind = "memory" if self.budget_memory is not None else "flops" if self.budget_flops is not None else "params"
+        dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[self.budget_dtype]
+        return BudgetMetric(kind, dtype_bytes, self.budget_context, self.budget_batch)
+
+    def budget_value(self) -> str:
+        """The budget in the metric's unit (memory sizes as bytes), for `SearchSpace.resolve_budget`."""
+        if self.budget_memory is not None:
+            return normalize_memory_budget(self.budget_memory)
+        return self.budget_flops if self.budget_flops is not None else self.budget
 
     def resolved(self) -> "SearchConfig":
         """A copy with every preset-controlled field filled in."""

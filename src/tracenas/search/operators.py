@@ -21,12 +21,12 @@ from tracenas.search.state import EvolutionState
 
 
 class Space(Protocol):
-    """What the search needs from `tracenas.arch.SearchSpace`: the grid and exact parameter counts."""
+    """What the search needs from `tracenas.arch.SearchSpace`: the grid and the exact cost the budget counts."""
 
     min_layers: int
 
     def snap(self, genome: Genome) -> Genome: ...
-    def params(self, genome: Genome) -> int: ...
+    def cost(self, genome: Genome) -> int: ...
     def snap_attn(self, ratio: float) -> float: ...
     def snap_mlp(self, ratio: float) -> float: ...
     @property
@@ -39,7 +39,7 @@ Prior = tuple[list[float], list[float]]  # per-layer attention and MLP importanc
 
 
 class BudgetRepair:
-    """Rescales all kept ratios by one factor so that a genome's parameter count lands in the window
+    """Rescales all kept ratios by one factor so that a genome's cost (parameters, bytes or FLOPs) lands in the window
     `[floor(C*(1-tol)), C]`; a genome whose depth makes the window unreachable repairs to None."""
 
     def __init__(self, space: Space, budget: int, tolerance: float) -> None:
@@ -59,25 +59,25 @@ class BudgetRepair:
         genome = self.space.snap(genome)
         if sum(genome.keep) < self.space.min_layers:
             return None
-        p = self.space.params(genome)
+        p = self.space.cost(genome)
         if lo <= p <= hi:
             return genome
-        if self.space.params(self._scaled(genome, 1e-6)) > hi:
+        if self.space.cost(self._scaled(genome, 1e-6)) > hi:
             return None
         s_lo, s_hi = 1e-6, 1.0
         if p < lo:
             big = max(1.0 / max(min(genome.attn + genome.mlp), 1e-6), 1.0) * 2
-            if self.space.params(self._scaled(genome, big)) < lo:
+            if self.space.cost(self._scaled(genome, big)) < lo:
                 return None
             s_lo, s_hi = 1.0, big
-        for _ in range(60):  # params are monotone in the scale factor
+        for _ in range(60):  # every cost is monotone in the scale factor
             mid = 0.5 * (s_lo + s_hi)
-            if self.space.params(self._scaled(genome, mid)) <= hi:
+            if self.space.cost(self._scaled(genome, mid)) <= hi:
                 s_lo = mid
             else:
                 s_hi = mid
         best = self._scaled(genome, s_lo)
-        return best if lo <= self.space.params(best) <= hi else None
+        return best if lo <= self.space.cost(best) <= hi else None
 
 
 def num_layers(space: Space, prior: Prior | None) -> int:

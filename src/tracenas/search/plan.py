@@ -28,6 +28,7 @@ class SearchPlan:
     space_size: int  # distinct genomes (realizable architectures)
     reachable: tuple[int, int]
     budget: int
+    unit: str
     base_params: int
     include_embeddings: bool
     candidates: int  # candidates the search scores at most
@@ -59,7 +60,8 @@ class SearchPlan:
             f"search space: {format_size(self.space_size)} distinct genomes (>= {self.min_layers} of "
             f"{s.num_layers} blocks kept, {self.attn_points} attention x {self.mlp_points} MLP grid points per "
             "kept block)",
-            f"budget {self.budget:,} parameters ({format_count(self.budget)}; embeddings {emb} the budget); "
+            f"budget {self.budget:,} {self.unit} ({format_count(self.budget)}"
+            + (f"; embeddings {emb} the budget); " if self.unit == "parameters" else "); ") +
             f"reachable [{lo_hi[0]:,}, {lo_hi[1]:,})",
             f"candidates to score: at most {self.candidates}",
             f"cost per candidate: {self.tokens_per_candidate:,} tokens "
@@ -122,13 +124,15 @@ def plan_search(cfg: SearchConfig) -> SearchPlan:
     cfg = cfg.resolved()
     shape, shape_from = model_shape(cfg.model)
     min_layers = cfg.min_layers if cfg.min_layers is not None else max(1, shape.num_layers // 2)
-    space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings)
-    budget = space.resolve_budget(cfg.budget)
+    space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings,
+                        metric=cfg.budget_metric())
+    budget = space.resolve_budget(cfg.budget_value())
     cls = strategy_class(cfg.strategy)
     strategy = cls(cls.config_from(cfg), space, budget, lambda g: (0.0, {}))  # never called: counts only
     return SearchPlan(model=cfg.model or "default", shape_from=shape_from, shape=shape, min_layers=min_layers,
                       attn_points=space.attn_units, mlp_points=mlp_points(space), space_size=space_size(space),
-                      reachable=space.reachable(), budget=budget, base_params=space.base_params(),
+                      reachable=space.reachable(), budget=budget, unit=space.metric.unit,
+                      base_params=space.base_params(),
                       include_embeddings=cfg.include_embeddings, candidates=strategy.planned_candidates(),
                       tokens_per_candidate=cfg.num_sequences * cfg.seq_len,
                       backward=get_proxy(cfg.proxy).method.needs_probes)

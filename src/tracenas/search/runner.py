@@ -215,14 +215,16 @@ class SearchRecipe:
         """Search space, budget and `min_layers` (resolved from the model); saves search.yaml on a new run."""
         cfg, shape = self.cfg, self.adapter.shape()
         min_layers = cfg.min_layers if cfg.min_layers is not None else max(1, shape.num_layers // 2)
-        self.space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings)
-        self.budget = self.space.resolve_budget(cfg.budget)
+        self.space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings,
+                                 metric=cfg.budget_metric())
+        self.budget = self.space.resolve_budget(cfg.budget_value())
         self.cfg = dataclasses.replace(cfg, min_layers=min_layers)
         if not self.resuming:  # a resume writes search.yaml only once the saved state has loaded
             save_config(self.out, "search", self.cfg)
-        log.info("budget %s of %s parameters (%s), %d blocks, min_layers=%d", format_count(self.budget),
-                 format_count(self.space.base_params()), "embeddings included" if cfg.include_embeddings else
-                 "embeddings excluded", shape.num_layers, min_layers)
+        log.info("budget %s of %s %s (%s), %d blocks, min_layers=%d", format_count(self.budget),
+                 format_count(self.space.base_cost()), self.space.metric.unit,
+                 "embeddings included" if cfg.include_embeddings else "embeddings excluded", shape.num_layers,
+                 min_layers)
 
     def _setup_data(self) -> None:
         from tracenas import data as data_mod

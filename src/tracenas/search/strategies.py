@@ -45,8 +45,8 @@ class UniformSearch(SearchStrategy):
             for m_units in range(self.space.mlp_units, 0, -1):
                 m = self.space.snap_mlp(m_units / self.space.mlp_units)
                 g = self.space.snap(Genome((True,) * n, (a,) * n, (m,) * n))
-                if self.space.params(g) <= hi:
-                    if self.space.params(g) >= lo and (best is None or abs(a - m) < abs(best.attn[0] - best.mlp[0])):
+                if self.space.cost(g) <= hi:
+                    if self.space.cost(g) >= lo and (best is None or abs(a - m) < abs(best.attn[0] - best.mlp[0])):
                         best = g
                     break
         return best if best is not None else importance_anchor(self.repair, self.prior, power=0.0)
