@@ -89,3 +89,43 @@ def test_search_lands_the_chosen_cost_in_the_window_and_reports_it(tmp_path, fla
 def test_memory_and_flops_together_are_refused(capsys):
     assert main(["search", "--budget-memory", "100MB", "--budget-flops", "1M"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def untied_copy(tmp_path, noise: float):
+    """A tiny Llama whose output head is the embeddings plus `noise` (relative), stored apart."""
+    from conftest import make_tiny_tokenizer
+
+    model = make_tiny("llama-gqa")
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        model.get_output_embeddings().weight.copy_(emb + noise * emb.std() * torch.randn_like(emb))
+    path = tmp_path / f"untied-{noise}"
+    model.save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path, emb.numel()
+
+
+def test_tie_embeddings_when_the_head_equals_them_up_to_noise(tmp_path, caplog, capsys):
+    from tracenas.models.loading import load_model
+    from tracenas.models.pruned import load_pruned
+
+    path, extra = untied_copy(tmp_path, 0.02)
+    model, _, _ = load_model(str(path), with_tokenizer=False)
+    untied = sum(p.numel() for p in model.parameters())
+    assert "--tie-embeddings" in caplog.text  # offered, not done
+    tied, _, _ = load_model(str(path), with_tokenizer=False, tie_embeddings=True)
+    assert sum(p.numel() for p in tied.parameters()) == untied - extra
+    run = tmp_path / "run"
+    assert main(["search", "--model", str(path), "--tie-embeddings", "--num-sequences", "2", "--seq-len", "32",
+                 "--population", "4", "--elites", "2", "--iterations", "1", "--min-layers", "2", "--budget", "0.7",
+                 "--budget-tolerance", "0.25", "--out", str(run)]) == 0
+    arch = json.loads((run / "arch.json").read_text())
+    assert arch["base_params"] == untied - extra and arch["model"]["tie_embeddings"] is True
+    assert main(["export", str(run)]) == 0
+    exported = load_pruned(run / "model")
+    assert sum(p.numel() for p in exported.parameters()) == arch["params"]
+    assert exported.get_output_embeddings().weight is exported.get_input_embeddings().weight
+    distinct, _ = untied_copy(tmp_path, 1.0)  # a genuinely separate head is refused, in one line
+    capsys.readouterr()
+    assert main(["search", "--model", str(distinct), "--tie-embeddings", "--out", str(tmp_path / "no")]) == 2
+    assert "differs from the input embeddings" in capsys.readouterr().err

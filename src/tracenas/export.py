@@ -486,7 +486,8 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
     _check_writable(target.expanduser().absolute())
     spec = model_spec or arch_file.source_spec()
     log.info("loading base model %s", spec or "(default)")
-    model, _, source = load_model(spec, dtype=torch.float32, device="cpu", with_tokenizer=False)
+    tie = bool(arch_file.model.get("tie_embeddings"))  # as the search loaded it
+    model, _, source = load_model(spec, dtype=torch.float32, device="cpu", with_tokenizer=False, tie_embeddings=tie)
     adapter = get_adapter(model)
     space = SearchSpace(adapter.shape(), min_layers=1)
     if chosen is not None:

@@ -45,6 +45,7 @@ class RunConfig:
     data: str | None = opt(None, "text for calibration, training and evaluation (disjoint splits); empty = embedded "
                                  "Wikipedia")
     budget: str = opt("0.6", "parameter budget: count (81M) or fraction (0.6)")
+    tie_embeddings: bool = opt(False, "tie an output head equal to the embeddings up to quantization noise (GGUF)")
     budget_memory: str | None = opt(None, "budget in serving memory instead (300MB, 1.5GiB or a fraction); see search")
     budget_flops: str | None = opt(None, "budget in FLOPs per token instead (150M or a fraction); see search")
     budget_dtype: str = opt("bfloat16", "bytes per value for --budget-memory", choices=("float32", "bfloat16", "float16"))
@@ -99,7 +100,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance,
                               budget_memory=cfg.budget_memory, budget_flops=cfg.budget_flops,
                               budget_dtype=cfg.budget_dtype, budget_context=cfg.budget_context,
-                              budget_batch=cfg.budget_batch).resolved()
+                              budget_batch=cfg.budget_batch, tie_embeddings=cfg.tie_embeddings).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
     from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch
 

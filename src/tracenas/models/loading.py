@@ -192,10 +192,13 @@ def load_model(
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
     with_tokenizer: bool = True,
+    tie_embeddings: bool = False,
 ):
     """Load `(model, tokenizer, source)`; the model is in eval mode on `device`.
 
     A tracenas-exported (pruned) directory is loaded through `tracenas.models.pruned.load_pruned`.
+    An output head stored apart from the input embeddings but equal to them up to quantization noise (GGUF
+    files often store both) is reported; `tie_embeddings=True` ties them, so they are one tensor, counted once.
     """
     from transformers import AutoModelForCausalLM
 
@@ -229,8 +232,43 @@ def load_model(
         if hasattr(model, "hf_quantizer"):
             model.hf_quantizer = None
         model.is_quantized = False if hasattr(model, "is_quantized") else None
+    check_untied_head(model, tie_embeddings)
     tokenizer = load_tokenizer(source) if with_tokenizer else None
     return model, tokenizer, source
+
+
+TIE_TOLERANCE = 0.1  # relative Frobenius difference: 4-6 bit quantization stays well below, distinct matrices ~1.4
+
+
+def head_embedding_difference(model) -> float | None:
+    """||W_head - W_embed|| / ||W_embed|| when the output head is a separate tensor of the embeddings' shape."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embed is None or head.weight is embed.weight or head.weight.shape != embed.weight.shape:
+        return None
+    with torch.no_grad():
+        a, b = head.weight.detach().float(), embed.weight.detach().float()
+        return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def check_untied_head(model, tie: bool) -> None:
+    """Tie a head that equals the embeddings up to quantization noise when asked; otherwise say that it could be."""
+    diff = head_embedding_difference(model)
+    if diff is None:
+        return
+    extra = model.get_input_embeddings().weight.numel()
+    if not tie:
+        if diff <= TIE_TOLERANCE:
+            log.warning("the output head is stored apart from the input embeddings but equals them up to "
+                        "quantization noise (relative difference %.3f): it counts %s extra parameters; pass "
+                        "--tie-embeddings to tie them (one tensor, counted once)", diff, f"{extra:,}")
+        return
+    if diff > TIE_TOLERANCE:
+        raise TracenasError(f"--tie-embeddings: the output head differs from the input embeddings (relative "
+                            f"difference {diff:.3f} > {TIE_TOLERANCE}); they are separate weights and stay untied")
+    model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    model.config.tie_word_embeddings = True
+    log.info("tied the output head to the input embeddings (relative difference %.3f): %s fewer parameters",
+             diff, f"{extra:,}")
 
 
 __all__ = ["DEFAULT_HUB_ID", "DEFAULT_MODEL", "LoadedSource", "PublicSource", "load_model", "load_tokenizer",

@@ -65,6 +65,8 @@ class SearchConfig:
     budget_dtype: str = opt("bfloat16", "bytes per value for --budget-memory", choices=("float32", "bfloat16", "float16"))
     budget_context: int = opt(4096, "context length (tokens) for --budget-memory's KV cache and --budget-flops")
     budget_batch: int = opt(1, "sequences in the KV cache for --budget-memory")
+    tie_embeddings: bool = opt(False, "tie an output head stored apart from the embeddings but equal to them up to "
+                                      "quantization noise (GGUF files): one tensor, counted once")
     include_embeddings: bool = opt(True, "count embeddings/lm_head in the budget (the paper does)")
     loss_chunk: int = opt(1024, "positions per lm_head chunk: the full logits tensor is never materialized")
     seed: int = opt(0, "seed for the calibration split, LoRA probes and the evolution")

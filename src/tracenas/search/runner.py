@@ -208,7 +208,8 @@ class SearchRecipe:
         self.device = resolve_device(self.cfg.device)
         self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         if self.model is None:
-            self.model, self.tokenizer, self.source = load_model(self.cfg.model, dtype=self.dtype, device=self.device)
+            self.model, self.tokenizer, self.source = load_model(self.cfg.model, dtype=self.dtype, device=self.device,
+                                                                 tie_embeddings=self.cfg.tie_embeddings)
         self.adapter = get_adapter(self.model)
 
     def _setup_space(self) -> None:
@@ -367,6 +368,8 @@ def _write_arch(out: Path, cfg: SearchConfig, space: SearchSpace, importance: Im
     arch = space.to_arch_dict(best.genome)
     model_info = source.as_dict() if source is not None else {"spec": cfg.model}
     model_info["shape"] = space.shape.as_dict()
+    if cfg.tie_embeddings:  # only when set, so that existing arch.json files stay as they were
+        model_info["tie_embeddings"] = True
     extra = {"selection": selection_to_list(select(space, best.genome, importance)),
              "budget_tolerance": cfg.budget_tolerance, "include_embeddings": cfg.include_embeddings,
              "min_layers": space.min_layers, "strategy": cfg.strategy}
