@@ -46,11 +46,8 @@ def console_logging(verbose: bool = False) -> None:
 
 
 @contextmanager
-def run_log(directory: str | os.PathLike, name: str) -> Iterator[Path]:
-    """Append the `tracenas` logger's records to `directory/name.log` while the block runs (INFO and up,
-    whatever the console shows). `directory` must exist."""
-    path = Path(directory) / f"{name}.log"
-    handler = logging.FileHandler(path)
+def _attached(handler: logging.Handler) -> Iterator[None]:
+    """`handler` receives the `tracenas` logger's INFO records (and up) while the block runs."""
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(logging.INFO)
     logger = logging.getLogger(LOGGER)
@@ -58,27 +55,27 @@ def run_log(directory: str | os.PathLike, name: str) -> Iterator[Path]:
         logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
-        yield path
+        yield
     finally:
         logger.removeHandler(handler)
         handler.close()
 
 
 @contextmanager
+def run_log(directory: str | os.PathLike, name: str) -> Iterator[Path]:
+    """Append the `tracenas` logger's records to `directory/name.log` while the block runs (INFO and up,
+    whatever the console shows). `directory` must exist."""
+    path = Path(directory) / f"{name}.log"
+    with _attached(logging.FileHandler(path)):
+        yield path
+
+
+@contextmanager
 def captured_log() -> Iterator[io.StringIO]:
     """Collect the `tracenas` logger's INFO records in memory (for a log that is written with its results)."""
     buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    handler.setLevel(logging.INFO)
-    logger = logging.getLogger(LOGGER)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
+    with _attached(logging.StreamHandler(buffer)):
         yield buffer
-    finally:
-        logger.removeHandler(handler)
 
 
 __all__ = ["TqdmHandler", "captured_log", "console_logging", "run_log"]
