@@ -10,7 +10,9 @@ exported config and weights.
 
 Use the same OUTDIR both times: arch.json records the model's path.
 """
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -40,7 +42,8 @@ for kind in ("llama-gqa", "qwen2-mha"):
         run_search(SearchConfig(model=str(model), out=str(run), strategy=strategy, proxy=proxy, num_sequences=2, seq_len=32,
                                 rank=4, population=5, elites=2, iterations=3, budget="0.7", budget_tolerance=0.1,
                                 min_layers=2, micro_batch=2), progress=False)
-        main(["export", str(run)])
+        with contextlib.redirect_stdout(io.StringIO()):  # keep stdout the JSON of hashes
+            main(["export", str(run)])
         for f in ("arch.json", "history.jsonl", "search/state.json", "model/model.safetensors", "model/config.json"):
             res[f"{run.name}/{f}"] = hashlib.sha256((run / f).read_bytes()).hexdigest()[:16]
 print(json.dumps(res, indent=1))
