@@ -197,22 +197,19 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def is_done(path: str | Path) -> bool:
-    """Whether the benchmark report `path` (a bench.json) exists."""
-    return Path(path).is_file()
+def is_done(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds its benchmark report (RUN_DIR/bench.json)."""
+    return (Path(run_dir) / "bench.json").is_file()
 
 
 def run_bench(model_dir: str | Path, cfg: BenchConfig | None = None) -> dict[str, Any]:
     """Benchmark the pruned checkpoint (and its base, when known); write and return bench.json's content."""
     cfg = (cfg or BenchConfig()).resolved()
     model_path, base_spec, default_out = resolve_paths(model_dir, cfg.base)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    from tracenas.device import using_threads
+
+    with using_threads(cfg.threads):
         return _run(cfg, model_path, base_spec, default_out)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: BenchConfig, model_path: Path, base_spec: str | None, default_out: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from tracenas.errors import TracenasError
+from tracenas.errors import TracenasError, io_failure_reason, is_io_failure
 from tracenas.logs import console_logging
 
 VERBS = ("search", "export", "bench", "recover", "eval", "run", "validate_proxy")
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         # Disk full, a file-size limit, permissions: one line saying what the system said about which file.
         # safetensors reports the same I/O failures as its own exception type, not OSError.
-        if not isinstance(err, OSError) and type(err).__module__.split(".")[0] not in ("safetensors",
-                                                                                       "safetensors_rust"):
+        if not is_io_failure(err):
             raise
         print(f"tracenas {args.verb}: error: {describe_io_error(err)}", file=sys.stderr)
         return 1
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def describe_io_error(err: Exception) -> str:
     """`File too large: runs/x/history.jsonl`: an I/O failure as one line."""
-    what = getattr(err, "strerror", None) or (str(err).splitlines()[0] if str(err) else type(err).__name__)
+    what = io_failure_reason(err)
     where = getattr(err, "filename", None)
     return f"{what}: {where}" if where else f"{what}"
 

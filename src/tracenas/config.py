@@ -133,22 +133,20 @@ def normalize_memory_budget(budget: str | float | int) -> str:
     """`"300MB"`, `"1.5GiB"`, `"2e9"` (bytes) or `"0.6"` (a fraction of the base model's memory) -> the plain
     number `parse_budget_spec` reads (`"300000000"`, `"0.6"`); one-line errors."""
     text = str(budget).strip().upper().replace("_", "").replace(",", "")
-    for suffix, scale in sorted(_BYTES.items(), key=lambda kv: -len(kv[0])):
-        if text.endswith(suffix):
-            try:
-                value = float(text[: -len(suffix)]) * scale
-            except ValueError:
-                break
-            if not math.isfinite(value) or value < 1:
-                break
+    suffix = next((s for s in sorted(_BYTES, key=len, reverse=True) if text.endswith(s)), None)
+    if suffix is not None:  # a size
+        try:
+            value = float(text[: -len(suffix)]) * _BYTES[suffix]
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 1:
             return str(int(value))
-    else:
-        if text and text[-1] not in "KMGT" and not text.endswith("B"):
-            try:
-                parse_budget_spec(text)  # a byte count or a fraction
-                return text
-            except BudgetError:
-                pass
+    elif text and text[-1] not in "KMGT" and not text.endswith("B"):  # bytes or a fraction, no count suffix
+        try:
+            parse_budget_spec(text)
+            return text
+        except BudgetError:
+            pass
     raise BudgetError(f"cannot read a memory budget from {budget!r}: use a size like 300MB / 1.5GB / 2GiB or a "
                       "fraction of the base model's memory like 0.6")
 

@@ -21,3 +21,13 @@ class BudgetError(TracenasError):
 
 class RunDirError(TracenasError):
     """A run directory is missing, incomplete, or corrupt."""
+
+
+def is_io_failure(err: BaseException) -> bool:
+    """Disk full, a file-size limit, permissions...: an OSError, or safetensors' own error type for the same."""
+    return isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("safetensors", "safetensors_rust")
+
+
+def io_failure_reason(err: BaseException) -> str:
+    """What the system said (`File too large`), in one line."""
+    return getattr(err, "strerror", None) or (str(err).splitlines()[0] if str(err) else type(err).__name__)

@@ -39,7 +39,7 @@ from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_text
 from tracenas.device import to_torch_dtype
 from tracenas.logs import captured_log, run_log
-from tracenas.errors import RunDirError, TracenasError
+from tracenas.errors import RunDirError, TracenasError, io_failure_reason, is_io_failure
 from tracenas.masking import LayerSelection, select, selection_from_list, slice_model
 from tracenas.models.adapter import ModelAdapter, adapter_class_for, get_adapter
 from tracenas.models.pruned import load_pruned
@@ -384,9 +384,8 @@ def _write(model: nn.Module, tokenizer, target: Path, torch_dtype: torch.dtype, 
         install_dir(tmp, target)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":  # disk full, file-size limit
-            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-            raise TracenasError(f"export to {target} failed: {reason}") from err
+        if is_io_failure(err):  # disk full, file-size limit
+            raise TracenasError(f"export to {target} failed: {io_failure_reason(err)}") from err
         raise
     log.info("exported %s parameters (%.1f%% of base) to %s%s", format_count(params), 100 * params / base,
              target, "" if uniform else " (non-uniform: ships modeling_tracenas.py)")

@@ -103,9 +103,10 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               budget_batch=cfg.budget_batch, tie_embeddings=cfg.tie_embeddings).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
     from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch
+    from tracenas.search.runner import saved_candidates
 
     # A failure before the search saved anything resumable leaves the disk as it was.
-    with RunDirGuard(out, resumable=lambda: (out / "search" / "state.json").exists()), run_log(out, "run"), \
+    with RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0), run_log(out, "run"), \
             using_threads(cfg.threads):
         return _run_stages(cfg, search_cfg, out, stages, progress)
 
@@ -124,7 +125,7 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
             log.info("search: complete, skipped")
         else:
             t = time.perf_counter()
-            resume = (out / "search" / "state.json").exists()
+            resume = search_stage.saved_candidates(out) > 0
             search_stage.run_search(dataclasses.replace(search_cfg, resume=resume), progress=progress)
             timings["search"] = time.perf_counter() - t
 
@@ -184,7 +185,7 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
     if "bench" in stages:
         from tracenas import bench as bench_stage
 
-        if bench_stage.is_done(out / "bench.json"):
+        if bench_stage.is_done(out):
             log.info("bench: complete, skipped")
         else:
             from tracenas.bench import BenchConfig, run_bench

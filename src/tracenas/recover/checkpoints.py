@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -20,7 +21,9 @@ from tracenas.rundir import install_dir
 _TRAJECTORY = ("data", "tokens", "seq_len", "micro_batch", "global_batch", "grad_accum", "lr", "schedule",
                "warmup_frac", "stable_frac", "decay_frac", "min_lr_ratio", "weight_decay", "max_grad_norm", "seed",
                "dtype", "distill", "distill_alpha", "distill_temperature", "teacher", "loss_chunk")
+log = logging.getLogger("tracenas.recover")
 CHECKPOINTS = "checkpoints"
+_PARTIAL = ".tmp-step-"  # a checkpoint being written; renamed to step-N once complete
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -31,6 +34,15 @@ def _checkpoint_dirs(out: Path) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and
              (p / "state.json").is_file()]
     return sorted(found)
+
+
+def remove_partial_checkpoints(out: Path) -> None:
+    """A kill while a checkpoint was being written leaves `checkpoints/.tmp-step-N`: never resumable, so removed."""
+    root = out / CHECKPOINTS
+    if root.is_dir():
+        for tmp in root.glob(f"{_PARTIAL}*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed the partial checkpoint %s", tmp)
 
 
 def _fingerprint(cfg: RecoverConfig, world_size: int) -> dict[str, Any]:
@@ -52,7 +64,7 @@ def _save_checkpoint(accelerator, wrapper: nn.Module, optimizer, out: Path, step
     from safetensors.torch import save_file
 
     root = out / CHECKPOINTS
-    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    tmp, final = root / f"{_PARTIAL}{step}", root / f"step-{step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

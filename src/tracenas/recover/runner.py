@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch import nn
 
 from tracenas.config import atomic_write_json, save_config
 from tracenas.errors import DataError, TracenasError
-from tracenas.recover.checkpoints import (CHECKPOINTS, _checkpoint_dirs, _fingerprint, _is_fsdp, _load_checkpoint, _read_log,
+from tracenas.recover.checkpoints import (_checkpoint_dirs, remove_partial_checkpoints, _fingerprint, _is_fsdp, _load_checkpoint, _read_log,
                                           _save_checkpoint)
 from tracenas.recover.config import RecoverConfig, RecoverResult
 from tracenas.recover.losses import _LossModel
@@ -44,15 +43,6 @@ def _final_model(accelerator, wrapper: nn.Module, cfg: RecoverConfig) -> nn.Modu
     model = load_model(cfg.model, dtype=torch.float32, device="cpu", with_tokenizer=False)[0]
     model.load_state_dict({k.removeprefix("model."): v for k, v in full.items()})
     return model
-
-
-def _remove_partial_checkpoints(out: Path) -> None:
-    """A kill while a checkpoint was being written leaves `checkpoints/.tmp-step-N`: never resumable, so removed."""
-    root = out / CHECKPOINTS
-    if root.is_dir():
-        for tmp in root.glob(".tmp-step-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-            log.info("removed the partial checkpoint %s", tmp)
 
 
 class Recovery:
@@ -309,7 +299,7 @@ class Recovery:
         self.setup_accelerator()
         check_writable_dir(self.out)
         if self.main:
-            _remove_partial_checkpoints(self.out)
+            remove_partial_checkpoints(self.out)
         guard = (RunDirGuard(self.out, resumable=lambda: bool(_checkpoint_dirs(self.out))) if self.main
                  else contextlib.nullcontext())
         with guard, (run_log(self.out, "recover") if self.main else contextlib.nullcontext()), \
