@@ -49,6 +49,14 @@ def nonuniform_genome(space: SearchSpace, seed: int) -> Genome:
     return space.snap(Genome(tuple(keep), tuple(attn), tuple(mlp)))
 
 
+def subblock_genome(space: SearchSpace) -> Genome:
+    """Whole sub-blocks removed: block 0 keeps only its MLP, block 2 only its attention, block 1 dropped."""
+    n = space.shape.num_layers
+    attn = [0.0, 0.5, 1.0] + [0.5] * (n - 3)
+    mlp = [0.4, 0.5, 0.0] + [1.0] * (n - 3)
+    return space.snap(Genome(tuple(i != 1 for i in range(n)), tuple(attn), tuple(mlp)))
+
+
 def uniform_genome(space: SearchSpace) -> Genome:
     n = space.shape.num_layers
     return space.snap(Genome(tuple(i != 1 for i in range(n)), (0.5,) * n, (0.67,) * n))
@@ -151,7 +159,7 @@ def exports(tmp_path_factory):
         imp = compute_importance(model, adapter, batches())
         before = {k: v.clone() for k, v in model.state_dict().items()}
         for label, genome in (("random0", nonuniform_genome(space, 0)), ("random1", nonuniform_genome(space, 1)),
-                              ("uniform", uniform_genome(space))):
+                              ("uniform", uniform_genome(space)), ("subblock", subblock_genome(space))):
             sel = select(space, genome, imp)
             with torch.no_grad(), masked(model, adapter, sel):
                 logits = model(batches()).logits
@@ -165,7 +173,7 @@ def exports(tmp_path_factory):
     return records
 
 
-CASES = [(k, g) for k in KINDS for g in ("random0", "random1", "uniform")]
+CASES = [(k, g) for k in KINDS for g in ("random0", "random1", "uniform", "subblock")]
 
 
 @pytest.mark.parametrize("kind,label", CASES)
@@ -187,6 +195,35 @@ def test_round_trip(exports, kind, label):
     readme = (rec["path"] / "README.md").read_text()
     assert "| proxy | trace |" in readme
     assert ("trust_remote_code=True" in readme) == (label != "uniform")
+
+
+def greedy_without_cache(model, n: int = GEN_TOKENS) -> list[int]:
+    """`greedy` without generate() or a KV cache (EOS suppressed, as `min_new_tokens` does)."""
+    ids = torch.tensor(PROMPT)
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(ids, use_cache=False).logits[:, -1]
+            if eos is not None:
+                logits[:, eos] = -float("inf")
+            nxt = logits.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+    return ids[0, len(PROMPT[0]):].tolist()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_removed_sub_blocks(exports, kind):
+    """Attention-only and MLP-only blocks: no parameters left for the removed sub-block (norm included),
+    and generate() with the KV cache gives the tokens of cache-free greedy decoding."""
+    rec = exports[(kind, "subblock")]
+    model = load_pruned(rec["path"])
+    layers = model.model.layers
+    assert not any("self_attn" in n or "input_layernorm" in n for n, _ in layers[0].named_parameters())
+    assert not any("mlp" in n or "post_attention_layernorm" in n for n, _ in layers[1].named_parameters())
+    assert any("mlp" in n for n, _ in layers[0].named_parameters())
+    cfg = json.loads((rec["path"] / "config.json").read_text())["tracenas"]
+    assert cfg["num_attention_heads"][0] == cfg["num_key_value_heads"][0] == 0 and cfg["intermediate_size"][1] == 0
+    assert greedy(model) == greedy_without_cache(model)
 
 
 @pytest.mark.skipif(not os.environ.get("TRACENAS_COMPAT_PYTHONPATH"),
@@ -521,7 +558,7 @@ def test_base_params_mismatch(run_dir):
         export_run(run_dir)
 
 
-@pytest.mark.parametrize("problem", ["layers", "range", "groups", "empty", "all-dropped"])
+@pytest.mark.parametrize("problem", ["layers", "range", "groups", "empty", "hollow", "all-dropped"])
 def test_invalid_selection(tmp_path, problem):
     model = make_model("llama-gqa")  # 6 query heads in 2 KV groups of 3
     full = LayerSelection(True, tuple(range(6)), (0, 1), tuple(range(96)))
@@ -532,8 +569,10 @@ def test_invalid_selection(tmp_path, problem):
         sel[0] = LayerSelection(True, (0, 1, 2, 3, 4, 9), (0, 1), tuple(range(96)))
     elif problem == "groups":
         sel[0] = LayerSelection(True, (0, 1, 3), (0, 1), tuple(range(96)))
-    elif problem == "empty":
-        sel[0] = LayerSelection(True, (0, 3), (0, 1), ())
+    elif problem == "empty":  # KV heads without query heads (a removed attention has neither)
+        sel[0] = LayerSelection(True, (), (0, 1), tuple(range(96)))
+    elif problem == "hollow":  # kept, but neither attention nor MLP
+        sel[0] = LayerSelection(True, (), (), ())
     else:
         sel = [LayerSelection(False, (), (), ())] * 4
     with pytest.raises(TracenasError):

@@ -7,6 +7,8 @@ architecture: equal genomes are equal models, which is what lets the search cach
 Attention grid: with GQA the unit is "query heads kept per KV group" (K/V stay whole, every group
 keeps the same number, so the pruned layer is still a valid GQA layer); with MHA the unit is a head.
 MLP grid: multiples of 32 channels (the full width is always allowed).
+A ratio of exactly 0 removes that sub-block (attention or MLP) of a kept block together with its norm;
+any positive ratio keeps at least one unit. A kept block with both sub-blocks removed is a dropped block.
 """
 
 from __future__ import annotations
@@ -99,10 +101,16 @@ class SearchSpace:
         return max(1, self.shape.intermediate_size // self.mlp_multiple)
 
     def attn_count(self, ratio: float) -> int:
+        """Attention units kept at `ratio` (0 only for a ratio of exactly 0: the sub-block is removed)."""
+        if ratio <= 0:
+            return 0
         return min(self.attn_units, max(1, round(ratio * self.attn_units)))
 
     def mlp_width(self, ratio: float) -> int:
+        """MLP channels kept at `ratio` (0 only for a ratio of exactly 0: the sub-block is removed)."""
         size = self.shape.intermediate_size
+        if ratio <= 0:
+            return 0
         if size <= self.mlp_multiple:
             return size
         width = round(ratio * size / self.mlp_multiple) * self.mlp_multiple
@@ -117,8 +125,11 @@ class SearchSpace:
         return self.mlp_width(ratio) / self.shape.intermediate_size
 
     def snap(self, genome: Genome) -> Genome:
-        return Genome(tuple(bool(k) for k in genome.keep), tuple(self.snap_attn(a) for a in genome.attn),
-                      tuple(self.snap_mlp(m) for m in genome.mlp))
+        attn = tuple(self.snap_attn(a) for a in genome.attn)
+        mlp = tuple(self.snap_mlp(m) for m in genome.mlp)
+        # a block with neither attention nor MLP left computes nothing: it is a dropped block
+        keep = tuple(bool(k) and (a > 0 or m > 0) for k, a, m in zip(genome.keep, attn, mlp))
+        return Genome(keep, attn, mlp)
 
     def validate(self, genome: Genome) -> None:
         if genome.num_layers != self.shape.num_layers:
@@ -126,9 +137,11 @@ class SearchSpace:
                 f"genome has {genome.num_layers} layers but the model has {self.shape.num_layers}")
         if sum(genome.keep) < self.min_layers:
             raise TracenasError(f"genome keeps {sum(genome.keep)} blocks, fewer than min_layers={self.min_layers}")
-        for a, m in zip(genome.attn, genome.mlp):
-            if not (0 < a <= 1 and 0 < m <= 1):
-                raise TracenasError("retention ratios must lie in (0, 1]")
+        for i, (k, a, m) in enumerate(zip(genome.keep, genome.attn, genome.mlp)):
+            if not (0 <= a <= 1 and 0 <= m <= 1):
+                raise TracenasError("retention ratios must lie in [0, 1] (0 removes the sub-block)")
+            if k and a == 0 and m == 0:
+                raise TracenasError(f"block {i} is kept with neither attention nor MLP: drop it instead")
 
     # --- realization -------------------------------------------------------------------------
     def layer_arch(self, genome: Genome) -> list[LayerArch]:
@@ -136,7 +149,8 @@ class SearchSpace:
         out = []
         for i, (k, a, m) in enumerate(zip(genome.keep, genome.attn, genome.mlp)):
             if s.is_gqa:
-                heads, kv = self.attn_count(a) * s.num_kv_heads, s.num_kv_heads
+                heads = self.attn_count(a) * s.num_kv_heads
+                kv = s.num_kv_heads if heads else 0
             else:
                 heads = kv = self.attn_count(a)
             out.append(LayerArch(i, bool(k), heads, kv, self.mlp_width(m)))
@@ -146,7 +160,12 @@ class SearchSpace:
         s = self.shape
         if not arch.keep:
             return 0
-        return (s.layer_fixed_params + arch.num_heads * s.q_head_params + arch.num_kv_heads * s.kv_head_params
+        fixed = s.layer_fixed_params
+        if arch.num_heads == 0:  # attention removed, with its norm (and o_proj bias, per-head-dim norms)
+            fixed -= s.attn_fixed_params
+        if arch.mlp_width == 0:
+            fixed -= s.mlp_fixed_params
+        return (fixed + arch.num_heads * s.q_head_params + arch.num_kv_heads * s.kv_head_params
                 + arch.mlp_width * s.mlp_channel_params)
 
     def params(self, genome: Genome, include_embeddings: bool | None = None) -> int:
@@ -189,7 +208,8 @@ class SearchSpace:
         """Smallest and largest costs (parameters by default) the space can express."""
         n = self.shape.num_layers
         keep = tuple(i < self.min_layers for i in range(n))
-        lo = self.cost(self.snap(Genome(keep, (0.0,) * n, (0.0,) * n)))
+        smallest = 1e-9  # the least positive retention: one unit of each sub-block
+        lo = self.cost(self.snap(Genome(keep, (smallest,) * n, (smallest,) * n)))
         return lo, self.base_cost()
 
     def resolve_budget(self, budget: str | float | int) -> int:

@@ -71,9 +71,15 @@ def check_selection(adapter: ModelAdapter, selection: list[LayerSelection]) -> N
         if not sel.keep:
             continue
         where = f"layer {i}"
-        _check_indices(sel.heads, s.num_heads, f"{where}: query heads")
-        _check_indices(sel.kv_heads, s.num_kv_heads, f"{where}: KV heads")
-        _check_indices(sel.channels, s.intermediate_size, f"{where}: MLP channels")
+        if not sel.heads and not sel.channels:
+            raise TracenasError(f"{where} is kept with neither attention nor MLP: drop the block instead")
+        if sel.heads or sel.kv_heads:  # both empty: the attention sub-block is removed
+            _check_indices(sel.heads, s.num_heads, f"{where}: query heads")
+            _check_indices(sel.kv_heads, s.num_kv_heads, f"{where}: KV heads")
+        if sel.channels:  # empty: the MLP sub-block is removed
+            _check_indices(sel.channels, s.intermediate_size, f"{where}: MLP channels")
+        if not sel.heads:
+            continue
         if s.is_gqa:
             if tuple(sel.kv_heads) != tuple(range(s.num_kv_heads)):
                 raise TracenasError(f"{where}: GQA models keep all {s.num_kv_heads} KV heads, got {list(sel.kv_heads)}")
@@ -119,16 +125,11 @@ def check_genome(space: SearchSpace, genome: Genome, selection: list[LayerSelect
 
 
 # --- writing -----------------------------------------------------------------------------------------------
-def _is_uniform(fields: dict) -> bool:
-    names = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
-    return all(len(set(fields[n])) == 1 for n in names)
-
-
 def _prepare_config(model: nn.Module, torch_dtype: torch.dtype, head_dim: int) -> bool:
     """Make `model.config` describe the sliced model; return whether it is uniform (stock-loadable)."""
     cfg = model.config
     fields = dict(cfg.tracenas)
-    uniform = _is_uniform(fields)
+    uniform = remote.is_uniform_fields(fields)
     stock = adapter_class_for(cfg.model_type).stock_class  # one-line error for an unsupported family
     cfg.head_dim = head_dim  # pruned head counts must never change the head size
     if getattr(cfg, "quantization_config", None) is not None:

@@ -9,7 +9,9 @@ Head importance: `I_j = sum_i |W_o[i, j]| * ||X_j||_2` over the input columns of
 the head's `head_dim` columns. MLP channel importance: the same on `down_proj`'s inputs.
 Removal is exact: a head is removed by zeroing its `o_proj` input columns (and its q rows; under MHA
 its k/v rows too), an MLP channel by zeroing its gate/up rows and its down column. A dropped block is
-replaced by a pass-through for the duration of the context.
+replaced by a pass-through for the duration of the context. A sub-block that keeps nothing (0 heads or
+0 channels) is removed: masked, its output weights (and bias) are zero; sliced, it is replaced by a
+parameter-free stand-in (`ModelAdapter.remove_attention` / `remove_mlp`).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def select(space: SearchSpace, genome: Genome, importance: Importance) -> list[L
             for g in range(s.num_kv_heads):
                 top = torch.topk(groups[g], per_group, sorted=False).indices
                 heads.extend(int(g * s.group_size + t) for t in top)
-            kv = tuple(range(s.num_kv_heads))
+            kv = tuple(range(s.num_kv_heads)) if per_group else ()
         else:
             heads = torch.topk(head_scores, la.num_heads, sorted=False).indices.tolist()
             kv = tuple(sorted(heads))
@@ -174,6 +176,8 @@ def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelecti
                 rows = head_rows(gone_heads.tolist(), s.head_dim)
                 q, o = adapter.attn_proj(layer, "q_proj"), adapter.attn_proj(layer, "o_proj")
                 _zero(saved, o.weight, 1, rows)
+                if not sel.heads:  # attention removed: its output bias goes too
+                    _zero(saved, o.bias, 0, torch.arange(o.out_features))
                 _zero(saved, q.weight, 0, rows)
                 _zero(saved, q.bias, 0, rows)
                 if not s.is_gqa:
@@ -187,7 +191,10 @@ def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelecti
                     lin = adapter.mlp_proj(layer, name)
                     _zero(saved, lin.weight, 0, gone_ch)
                     _zero(saved, lin.bias, 0, gone_ch)
-                _zero(saved, adapter.mlp_proj(layer, "down_proj").weight, 1, gone_ch)
+                down = adapter.mlp_proj(layer, "down_proj")
+                _zero(saved, down.weight, 1, gone_ch)
+                if not sel.channels:  # MLP removed: its output bias goes too
+                    _zero(saved, down.bias, 0, torch.arange(down.out_features))
         yield
     finally:
         for rec in reversed(saved):
@@ -221,14 +228,20 @@ def slice_layer_(adapter: ModelAdapter, layer: nn.Module, sel: LayerSelection, s
     """
     s = shape or adapter.shape()
     proj = adapter.projections(layer)
-    q_rows = head_rows(sel.heads, s.head_dim)
-    adapter.replace_projection(layer, "q_proj", _slice_linear(proj["q_proj"], rows=q_rows))
-    adapter.replace_projection(layer, "o_proj", _slice_linear(proj["o_proj"], cols=q_rows))
-    if not s.is_gqa:
-        kv_rows = head_rows(sel.kv_heads, s.head_dim)
-        adapter.replace_projection(layer, "k_proj", _slice_linear(proj["k_proj"], rows=kv_rows))
-        adapter.replace_projection(layer, "v_proj", _slice_linear(proj["v_proj"], rows=kv_rows))
-    adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
+    if not sel.heads:
+        adapter.remove_attention(layer)
+    else:
+        q_rows = head_rows(sel.heads, s.head_dim)
+        adapter.replace_projection(layer, "q_proj", _slice_linear(proj["q_proj"], rows=q_rows))
+        adapter.replace_projection(layer, "o_proj", _slice_linear(proj["o_proj"], cols=q_rows))
+        if not s.is_gqa:
+            kv_rows = head_rows(sel.kv_heads, s.head_dim)
+            adapter.replace_projection(layer, "k_proj", _slice_linear(proj["k_proj"], rows=kv_rows))
+            adapter.replace_projection(layer, "v_proj", _slice_linear(proj["v_proj"], rows=kv_rows))
+        adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
+    if not sel.channels:
+        adapter.remove_mlp(layer)
+        return
     ch = torch.tensor(sel.channels, dtype=torch.long)
     adapter.replace_projection(layer, "gate_proj", _slice_linear(proj["gate_proj"], rows=ch))
     adapter.replace_projection(layer, "up_proj", _slice_linear(proj["up_proj"], rows=ch))

@@ -33,11 +33,13 @@ class ModelShape:
     intermediate_size: int
     vocab_size: int
     fixed_params: int  # embeddings + final norm + untied lm_head: present whatever the genome
-    layer_fixed_params: int  # norms and output biases of one kept block
+    layer_fixed_params: int  # norms and output biases of one kept block (= attn_fixed + mlp_fixed)
     q_head_params: int  # cost of one query head (q rows + bias + o columns)
     kv_head_params: int  # cost of one KV head (k and v rows + biases)
     mlp_channel_params: int  # cost of one MLP channel (gate/up rows + biases + down column)
     embedding_params: int  # input embedding + untied output head
+    attn_fixed_params: int = 0  # input norm, o_proj bias, per-head-dim norms: gone with a removed attention
+    mlp_fixed_params: int = 0  # post-attention norm, down_proj bias: gone with a removed MLP
 
     @property
     def is_gqa(self) -> bool:
@@ -98,6 +100,14 @@ class ModelAdapter:
     def lm_head(self) -> nn.Linear:
         return self.model.lm_head
 
+    def attn_norm(self, layer: nn.Module) -> nn.Module:
+        """The norm in front of the attention sub-block (removed with it)."""
+        return layer.input_layernorm
+
+    def mlp_norm(self, layer: nn.Module) -> nn.Module:
+        """The norm in front of the MLP sub-block (removed with it)."""
+        return layer.post_attention_layernorm
+
     # --- resizing (physical slicing) -----------------------------------------------------------
     def replace_projection(self, layer: nn.Module, name: str, linear: nn.Linear) -> None:
         """Put `linear` in place of projection `name` (one of ATTN_PROJ + MLP_PROJ) of `layer`."""
@@ -115,6 +125,18 @@ class ModelAdapter:
         mlp = self.mlp(layer)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = width
+
+    def remove_attention(self, layer: nn.Module) -> None:
+        """Take out the attention sub-block and its norm (no parameters left; the KV cache stays aligned)."""
+        from tracenas.models.remote.modeling_tracenas import remove_attention
+
+        remove_attention(layer, self.attention(layer).layer_idx, self.attention(layer).head_dim)
+
+    def remove_mlp(self, layer: nn.Module) -> None:
+        """Take out the MLP sub-block and its norm (no parameters left)."""
+        from tracenas.models.remote.modeling_tracenas import remove_mlp
+
+        remove_mlp(layer)
 
     # --- shape ---------------------------------------------------------------------------
     def shape(self) -> ModelShape:
@@ -135,12 +157,13 @@ class ModelAdapter:
         kv_head = 2 * (head_dim * hidden + head_dim * bias(k))
         channel = 2 * hidden + bias(gate) + bias(up) + hidden
         norms = _numel(layer0) - _numel(attn) - _numel(self.mlp(layer0))
+        attn_norm = _numel(self.attn_norm(layer0))
         # parameters of the attention module outside its projections (Qwen3's per-head-dim q/k norms):
         # shared by all heads, so kept whatever the head count
         attn_extra = _numel(attn) - sum(_numel(p) for p in (q, k, v, o))
-        layer_fixed = norms + attn_extra + (o.bias.numel() if o.bias is not None else 0) + (
-            down.bias.numel() if down.bias is not None else 0
-        )
+        attn_fixed = attn_norm + attn_extra + (o.bias.numel() if o.bias is not None else 0)
+        mlp_fixed = norms - attn_norm + (down.bias.numel() if down.bias is not None else 0)
+        layer_fixed = attn_fixed + mlp_fixed
         embed = self.decoder().embed_tokens.weight.numel()
         head = self.lm_head()
         emb = self.decoder().embed_tokens.weight
@@ -163,6 +186,8 @@ class ModelAdapter:
             kv_head_params=kv_head,
             mlp_channel_params=channel,
             embedding_params=embed + head_params,
+            attn_fixed_params=attn_fixed,
+            mlp_fixed_params=mlp_fixed,
         )
 
 

@@ -43,9 +43,9 @@ def load_pruned(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
 
 
 def is_uniform(config) -> bool:
-    """Whether every block has the same sizes (the per-layer lists in `config.tracenas` are constant)."""
-    fields = getattr(config, "tracenas", None) or {}
-    return all(len(set(fields.get(name) or [None])) == 1 for name in remote.PER_LAYER_FIELDS)
+    """Whether every block has the same sizes (the per-layer lists in `config.tracenas` are constant) and
+    none lacks a sub-block: then the stock class loads it."""
+    return remote.is_uniform_fields(getattr(config, "tracenas", None) or {})
 
 
 def _model_class(config) -> type:

@@ -13,6 +13,9 @@ rebuilt from a copy of the config that carries that block's own sizes, read from
 The stock attention infers its head count from the `q_proj` output size and uses
 `num_key_value_groups` for GQA, so no forward code is overridden: the weights, the KV cache and
 `generate()` are all stock. Dropped blocks are simply absent (block indices are already renumbered).
+A block whose attention keeps 0 heads (or whose MLP keeps 0 channels) has that sub-block and its norm
+replaced by `NoAttention` (`NoMLP`): no parameters, a zero contribution to the residual stream, and for
+attention a one-value-per-token placeholder in the KV cache so that the cache's sequence length stays right.
 Only public transformers classes are used; checked with transformers 5.17 and 5.23.
 
 The file knows no model family: `config.json`'s `auto_map` names `Tracenas<StockClass>` (for example
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import transformers
+from torch import nn
 
 PER_LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
 PREFIX = "Tracenas"
@@ -44,6 +49,49 @@ def layer_config(config, index: int):
     return cfg
 
 
+class NoAttention(nn.Module):
+    """A removed attention sub-block: adds nothing; keeps a 1-value-per-token placeholder in the KV cache."""
+
+    def __init__(self, layer_idx: int, head_dim: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = head_dim  # the model's head size, for tools that read it off every attention module
+
+    def forward(self, hidden_states, *args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None:
+            # a [batch, 1, seq, 1] placeholder (a tensor with no elements would read as an empty cache): the
+            # cache's sequence length, which transformers reads off its layers, stays right at 4 bytes a token
+            marker = hidden_states.new_zeros(*hidden_states.shape[:-2], 1, hidden_states.shape[-2], 1)
+            cache.update(marker, marker.clone(), self.layer_idx)
+        return torch.zeros_like(hidden_states), None
+
+
+class NoMLP(nn.Module):
+    """A removed MLP sub-block: adds nothing to the residual stream."""
+
+    def forward(self, hidden_states):
+        return torch.zeros_like(hidden_states)
+
+
+def remove_attention(layer, layer_idx: int, head_dim: int) -> None:
+    """Replace a block's attention and its input norm by parameter-free stand-ins."""
+    layer.self_attn = NoAttention(layer_idx, head_dim)
+    layer.input_layernorm = nn.Identity()
+
+
+def remove_mlp(layer) -> None:
+    """Replace a block's MLP and its post-attention norm by parameter-free stand-ins."""
+    layer.mlp = NoMLP()
+    layer.post_attention_layernorm = nn.Identity()
+
+
+def is_uniform_fields(fields: dict) -> bool:
+    """Every block the same size and none missing a sub-block: what a stock config can describe."""
+    return all(len(set(fields.get(name) or [None])) == 1 and 0 not in (fields.get(name) or [])
+               for name in PER_LAYER_FIELDS)
+
+
 def check_per_layer_fields(config) -> None:
     fields = getattr(config, "tracenas", None) or {}
     n = config.num_hidden_layers
@@ -55,7 +103,7 @@ def check_per_layer_fields(config) -> None:
     heads, kv = fields.get("num_attention_heads"), fields.get("num_key_value_heads")
     if heads is not None and kv is not None:
         for i, (h, k) in enumerate(zip(heads, kv)):
-            if k < 1 or h % k:
+            if (h, k) != (0, 0) and (k < 1 or h % k):
                 raise ValueError(f"layer {i}: {h} query heads are not a multiple of {k} KV heads")
 
 
@@ -70,7 +118,16 @@ def resize_blocks(model) -> None:
         cfg = layer_config(config, i)
         if all(getattr(cfg, n) == getattr(config, n) for n in PER_LAYER_FIELDS):
             continue
+        no_attn, no_mlp = cfg.num_attention_heads == 0, cfg.intermediate_size == 0
+        if no_attn:  # build the block with any valid head count, then take the attention out
+            cfg.num_attention_heads = cfg.num_key_value_heads = 1
+        if no_mlp:
+            cfg.intermediate_size = 1
         layers[i] = type(layers[i])(cfg, i)
+        if no_attn:
+            remove_attention(layers[i], i, cfg.head_dim)
+        if no_mlp:
+            remove_mlp(layers[i])
 
 
 class _ResizedBlocks:
