@@ -17,7 +17,7 @@ import sys
 from tracenas.errors import TracenasError, io_failure_reason, is_io_failure
 from tracenas.logs import console_logging
 
-VERBS = ("search", "export", "bench", "recover", "eval", "run", "validate_proxy")
+VERBS = ("search", "export", "database", "bench", "recover", "eval", "run", "validate_proxy")
 
 
 def _load(verb: str):

@@ -24,6 +24,7 @@ target only once complete. A failed export leaves neither a half-written target 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from tracenas.masking import LayerSelection, select, selection_from_list, slice_
 from tracenas.models.adapter import ModelAdapter, adapter_class_for, get_adapter
 from tracenas.models.pruned import load_pruned
 from tracenas.models.remote import modeling_tracenas as remote
+from tracenas.reconstruct import ReconstructSettings, reconstruct_model_
 from tracenas.rundir import RunDirGuard, install_dir, staging_dir
 
 log = logging.getLogger(__name__)
@@ -322,7 +324,8 @@ def _check_writable(target: Path) -> Path:
 
 
 # What an export (or a recovered model) may hold; a directory with anything else is not replaced.
-_EXPORT_FILES = re.compile(r"^(config\.json|generation_config\.json|README\.md|export\.yaml|export\.log|" + re.escape(REMOTE_FILE)
+_EXPORT_FILES = re.compile(r"^(config\.json|generation_config\.json|README\.md|export\.yaml|export\.log|"
+                           r"reconstruction\.json|" + re.escape(REMOTE_FILE)
                            + r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|"
                            r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|"
                            r"chat_template\.(jinja|json)|vocab\.json|merges\.txt)$")
@@ -432,20 +435,23 @@ def is_done(run_dir: str | os.PathLike) -> bool:
 
 def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
                out: str | os.PathLike | None = None, dtype: str = "float32", settings: dict | None = None,
-               candidate: int | None = None) -> Path:
+               candidate: int | None = None, reconstruction: ReconstructSettings | None = None) -> Path:
     """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`).
 
     `settings` (the resolved export options) are recorded as `export.yaml`: in RUN_DIR for the default
     output, else inside the exported directory, so an export never writes into RUN_DIR when given `--out`.
+    `reconstruction` re-solves the kept weights on calibration text first (see `tracenas.reconstruct`);
+    the checkpoint then also holds `reconstruction.json` (per-layer output errors before and after).
     """
+    args = (model_spec, arch_path, out, dtype, settings)
     if out is None:  # RUN_DIR/export.log
         if not Path(run_dir).is_dir():
             raise RunDirError(f"no such run directory: {run_dir}")
         # RunDirGuard: a failed export leaves no new export.log behind
         with RunDirGuard(run_dir), run_log(run_dir, "export"):
-            return _export_run(Path(run_dir), model_spec, arch_path, None, dtype, settings, None, candidate)
+            return _export_run(Path(run_dir), *args, None, candidate, reconstruction)
     with captured_log() as lines:  # written into OUT with the model: nothing goes into RUN_DIR
-        return _export_run(Path(run_dir), model_spec, arch_path, out, dtype, settings, lines, candidate)
+        return _export_run(Path(run_dir), *args, lines, candidate, reconstruction)
 
 
 def read_candidate(run_dir: Path, index: int) -> dict:
@@ -461,7 +467,7 @@ def read_candidate(run_dir: Path, index: int) -> dict:
 
 def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathLike | None,
                 out: str | os.PathLike | None, dtype: str, settings: dict | None, lines,
-                candidate: int | None = None) -> Path:
+                candidate: int | None = None, reconstruction: ReconstructSettings | None = None) -> Path:
     import yaml
 
     from tracenas.models.loading import load_model, public_source
@@ -515,21 +521,34 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
         raise TracenasError(f"arch.json was searched on a model with {int(base):,} parameters but {source.spec} "
                             f"has {space.base_params():,}; pass the same --model as the search")
     tokenizer = _load_tokenizer(source)
+    files: dict[str, str] = {}
+    if reconstruction is not None:
+        rec = reconstruct_model_(model, adapter, selection, tokenizer, reconstruction)
+        selection = rec.selection
+        files["reconstruction.json"] = json.dumps(reconstruction_record(rec, reconstruction), indent=2) + "\n"
     public = public_source(source)
     card = {"source_model": public.name, "base_model": public.base_model, "license": public.license,
             "proxy": arch.get("proxy"), "strategy": arch.get("strategy"), "budget": arch.get("budget"),
             "budget unit": (arch.get("budget_metric") or {}).get("kind", "params"),
             "serving memory (bytes)": arch.get("memory_bytes"), "FLOPs per token": arch.get("flops_per_token"),
             "score": arch.get("score"), "candidate": candidate, "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
+            "weight reconstruction": reconstruction.describe() if reconstruction is not None else None,
             "run directory": run_dir.absolute().name}
     record = yaml.safe_dump(dict(settings, output=str(target)), sort_keys=False) if settings is not None else None
-    inside = None
+    inside = dict(files)
     if out is not None:
-        inside = {"export.log": lines.getvalue()} | ({"export.yaml": record} if record is not None else {})
+        inside |= {"export.log": lines.getvalue()} | ({"export.yaml": record} if record is not None else {})
     path = export_pruned(model, tokenizer, selection, target, dtype=dtype, card=card, extra_files=inside)
     if record is not None and out is None:
         atomic_write_text(run_dir / "export.yaml", record)
     return path
+
+
+def reconstruction_record(rec, settings: ReconstructSettings) -> dict:
+    """`reconstruction.json`: the settings, and each kept consumer's relative output error on the calibration
+    tokens with the mask alone and after re-solving."""
+    return {"settings": dataclasses.asdict(settings), "calibration_tokens": rec.tokens, "mean": rec.summary(),
+            "layers": {str(i): e for i, e in sorted(rec.errors.items())}}
 
 
 def _load_tokenizer(source):

@@ -98,24 +98,34 @@ class LayerSelection:
     channels: tuple[int, ...]  # kept MLP channels (sorted)
 
 
+def top_heads(shape: ModelShape, head_scores: torch.Tensor, num_heads: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The `num_heads` best query heads (sorted) and the KV heads they need: under GQA the same number from
+    every KV group (all KV heads stay, none if no head does), under MHA the heads themselves."""
+    if shape.is_gqa:
+        per_group = num_heads // shape.num_kv_heads
+        groups = head_scores.view(shape.num_kv_heads, shape.group_size)
+        heads = []
+        for g in range(shape.num_kv_heads):
+            top = torch.topk(groups[g], per_group, sorted=False).indices
+            heads.extend(int(g * shape.group_size + t) for t in top)
+        kv = tuple(range(shape.num_kv_heads)) if per_group else ()
+    else:
+        heads = torch.topk(head_scores, num_heads, sorted=False).indices.tolist()
+        kv = tuple(sorted(heads))
+    return tuple(sorted(heads)), tuple(sorted(kv))
+
+
+def top_channels(channel_scores: torch.Tensor, width: int) -> tuple[int, ...]:
+    """The `width` best MLP channels, sorted."""
+    return tuple(sorted(torch.topk(channel_scores, width, sorted=False).indices.tolist()))
+
+
 def select(space: SearchSpace, genome: Genome, importance: Importance) -> list[LayerSelection]:
     """Map a genome to the concrete heads and channels kept in every layer (top-k by importance)."""
-    s = space.shape
     out = []
     for la, head_scores, chan_scores in zip(space.layer_arch(genome), importance.heads, importance.channels):
-        if s.is_gqa:
-            per_group = la.num_heads // s.num_kv_heads
-            groups = head_scores.view(s.num_kv_heads, s.group_size)
-            heads = []
-            for g in range(s.num_kv_heads):
-                top = torch.topk(groups[g], per_group, sorted=False).indices
-                heads.extend(int(g * s.group_size + t) for t in top)
-            kv = tuple(range(s.num_kv_heads)) if per_group else ()
-        else:
-            heads = torch.topk(head_scores, la.num_heads, sorted=False).indices.tolist()
-            kv = tuple(sorted(heads))
-        chans = torch.topk(chan_scores, la.mlp_width, sorted=False).indices.tolist()
-        out.append(LayerSelection(la.keep, tuple(sorted(heads)), tuple(sorted(kv)), tuple(sorted(chans))))
+        heads, kv = top_heads(space.shape, head_scores, la.num_heads)
+        out.append(LayerSelection(la.keep, heads, kv, top_channels(chan_scores, la.mlp_width)))
     return out
 
 

@@ -25,6 +25,29 @@ class ExportConfig:
     dtype: str = opt("float32", "dtype of the saved weights", choices=["float32", "bfloat16", "float16"])
     candidate: int | None = opt(None, "export this scored candidate of RUN_DIR/history.jsonl (its `index`) instead of "
                                       "the best, to RUN_DIR/model-candidate-N unless --out is given")
+    reconstruct: str | None = opt(None, "re-solve the kept o_proj / down_proj weights by least squares on calibration "
+                                        "text so each block matches the dense one: `sequential` (each block fed by the "
+                                        "already-pruned blocks above it) or `dense` inputs", choices=["sequential", "dense"])
+    importance: str = opt("wanda", "which heads / channels to keep: `wanda` (activation-weighted magnitude, as the "
+                                   "search scored them) or `obs` (greedy OBS removal; needs --reconstruct)",
+                          choices=["wanda", "obs"])
+    damp: float = opt(0.01, "reconstruction ridge: this fraction of the mean Gram diagonal")
+    calib_sequences: int = opt(32, "reconstruction calibration windows")
+    calib_seq_len: int = opt(512, "tokens per reconstruction calibration window")
+    data: str | None = opt(None, "text for the reconstruction calibration split (default: embedded Wikipedia)")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
+
+    def reconstruction(self):
+        """The `ReconstructSettings` these options ask for (None without --reconstruct)."""
+        from tracenas.errors import TracenasError
+        from tracenas.reconstruct import ReconstructSettings
+
+        if self.reconstruct is None:
+            if self.importance != "wanda":
+                raise TracenasError("--importance obs chooses what to keep by reconstruction error: add --reconstruct")
+            return None
+        return ReconstructSettings(self.reconstruct, self.importance, self.damp, self.calib_sequences,
+                                   self.calib_seq_len, self.data)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +58,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tracenas.export import export_run
 
+    from tracenas.device import using_threads
+
     cfg = config_from_args(ExportConfig, args)
-    path = export_run(cfg.run_dir, model_spec=cfg.model, arch_path=cfg.arch, out=cfg.out, dtype=cfg.dtype,
-                      settings=to_dict(cfg), candidate=cfg.candidate)
+    with using_threads(cfg.threads):
+        path = export_run(cfg.run_dir, model_spec=cfg.model, arch_path=cfg.arch, out=cfg.out, dtype=cfg.dtype,
+                          settings=to_dict(cfg), candidate=cfg.candidate, reconstruction=cfg.reconstruction())
     fields = json.loads((path / "config.json").read_text()).get("tracenas", {})
     params, base = fields.get("params"), fields.get("base_params")
     print(f"exported {path}")

@@ -1,0 +1,382 @@
+"""The sparsity-level database: every block's attention and MLP pre-pruned and reconstructed at fixed levels.
+
+    db = build_database(model, adapter, tokenizer, "runs/db", DatabaseSpec.default(space))
+    db = SparsityDatabase.open("runs/db", expect=spec.fingerprint(...))   # refuses a stale one
+    levels = Levels(attn=(0,) * n, mlp=(3,) * n)                        # level index per sub-block
+    assembler = LevelAssembler(model, adapter, db); assembler.apply(levels)   # swaps only what changed
+
+Level `k` of a sub-block keeps `db.attn_units[k]` attention units (query heads per KV group under GQA,
+heads under MHA) or `db.mlp_widths[k]` MLP channels; the lists run from the full sub-block (level 0) down
+to 0 (the last level removes the sub-block, as DarwinLM's top level does). Each stored level holds the
+kept indices and the re-solved consumer columns (`o_proj` / `down_proj`, dense-model inputs, see
+`tracenas.reconstruct`); level 0 is the model's own weights and the last level has nothing to store.
+Within a sub-block the kept sets are nested (one removal order per sub-block: greedy OBS or Wanda).
+
+On disk: `manifest.json` (levels, settings, fingerprint) and `block-NNN.safetensors`, one per block, each
+written atomically once complete. A build killed midway resumes at the first missing block (earlier blocks
+are only run forward to rebuild their outputs), and ends byte-identical to an uninterrupted build. The
+fingerprint covers the model (source, shape, a checksum of the weights), the calibration tokens, the
+levels and the method; opening or resuming with other settings is refused with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tracenas.arch import Genome, SearchSpace
+from tracenas.config import atomic_write_json
+from tracenas.errors import RunDirError, TracenasError
+from tracenas.masking import LayerSelection, head_rows, top_channels, top_heads
+from tracenas.models.adapter import ModelAdapter, ModelShape
+from tracenas.reconstruct import (
+    DEFAULT_DAMP, IMPORTANCES, Gram, capture_block_inputs, consumer_input, kept_by_order, obs_channel_order,
+    obs_order, head_units, prune_attention_, prune_mlp_, run_block, solve,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+DEFAULT_MLP_LEVELS = 11
+
+
+def block_file(i: int) -> str:
+    return f"block-{i:03d}.safetensors"
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """What a database holds: the levels of every sub-block, how kept units are chosen and solved, and on
+    which calibration tokens."""
+
+    attn_units: tuple[int, ...]  # level k keeps attn_units[k] units; descending, first = all, last = 0
+    mlp_widths: tuple[int, ...]  # level k keeps mlp_widths[k] channels; descending, first = all, last = 0
+    importance: str = "obs"
+    damp: float = DEFAULT_DAMP
+    sequences: int = 32
+    seq_len: int = 512
+    data: str | None = None
+    seed: int = 0
+    micro_batch: int = 4
+
+    @classmethod
+    def default(cls, space: SearchSpace, mlp_levels: int = DEFAULT_MLP_LEVELS, **kwargs) -> "DatabaseSpec":
+        """Every KV-valid attention count; `mlp_levels` MLP widths evenly spaced from full to 0, on the grid."""
+        if mlp_levels < 2:
+            raise TracenasError(f"a database needs >= 2 MLP levels (full and removed), got {mlp_levels}")
+        attn = tuple(range(space.attn_units, -1, -1))
+        widths = []
+        for k in range(mlp_levels):
+            w = space.mlp_width(1.0 - k / (mlp_levels - 1))
+            if w not in widths:
+                widths.append(w)
+        return cls(attn, tuple(widths), **kwargs)
+
+    def check(self, space: SearchSpace) -> None:
+        for name, values, full in (("attention", self.attn_units, space.attn_units),
+                                   ("MLP", self.mlp_widths, space.shape.intermediate_size)):
+            if values[0] != full or values[-1] != 0 or list(values) != sorted(set(values), reverse=True):
+                raise TracenasError(f"{name} levels must run strictly down from {full} (full) to 0, got {list(values)}")
+        for w in self.mlp_widths:
+            if w not in (0, space.mlp_width(w / space.shape.intermediate_size)):
+                raise TracenasError(f"MLP width {w} is not on the grid (multiples of {space.mlp_multiple})")
+        if self.importance not in IMPORTANCES:
+            raise TracenasError(f"importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
+
+
+@dataclass(frozen=True)
+class Levels:
+    """A candidate as one level index per sub-block (0 = full, last = removed)."""
+
+    attn: tuple[int, ...]
+    mlp: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"attn": list(self.attn), "mlp": list(self.mlp)}
+
+
+def model_checksum(model: nn.Module) -> str:
+    """A checksum of every parameter's values (sha256 over float32 bytes, in `named_parameters` order)."""
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(spec: DatabaseSpec, shape: ModelShape, model_sum: str, batches: torch.Tensor, source: str | None) -> dict:
+    """Everything a database's contents depend on (compared field by field on open / resume)."""
+    tokens = hashlib.sha256(batches.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+    method = {k: v for k, v in asdict(spec).items() if k not in ("attn_units", "mlp_widths", "micro_batch")}
+    return {"format": FORMAT, "model": {"source": source, "shape": shape.as_dict(), "checksum": model_sum},
+            "calibration_tokens": tokens, "levels": {"attn_units": list(spec.attn_units),
+                                                      "mlp_widths": list(spec.mlp_widths)},
+            "method": method}
+
+
+def _differences(have: dict, want: dict) -> list[str]:
+    return [k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+
+
+class SparsityDatabase:
+    """Read access to a built database (lazy: a block's file is opened when one of its levels is asked for)."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.manifest = manifest
+        levels = manifest["fingerprint"]["levels"]
+        self.attn_units: tuple[int, ...] = tuple(levels["attn_units"])
+        self.mlp_widths: tuple[int, ...] = tuple(levels["mlp_widths"])
+        self.num_layers: int = manifest["fingerprint"]["model"]["shape"]["num_layers"]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, expect: dict | None = None) -> "SparsityDatabase":
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise RunDirError(f"no sparsity-level database in {path} (build one with `tracenas database build`)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunDirError(f"{manifest_path} is corrupt: {err}") from err
+        if expect is not None and manifest.get("fingerprint") != expect:
+            diff = _differences(manifest.get("fingerprint") or {}, expect)
+            raise TracenasError(f"the database in {path} was built for other settings ({', '.join(diff)} differ): "
+                                "build it again in a new directory")
+        db = cls(path, manifest)
+        missing = [i for i in range(db.num_layers) if not (path / block_file(i)).is_file()]
+        if missing and manifest.get("complete"):
+            raise RunDirError(f"the database in {path} lacks {block_file(missing[0])}")
+        return db
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def num_levels(self, kind: str) -> int:
+        return len(self.attn_units if kind == "attn" else self.mlp_widths)
+
+    def sub_block(self, layer: int, kind: str, level: int) -> tuple[tuple[int, ...], torch.Tensor | None]:
+        """(kept indices, re-solved consumer columns) of one sub-block at one level; None = the model's own
+        weights (level 0) or nothing (the removed level)."""
+        from safetensors import safe_open
+
+        if not 0 <= level < self.num_levels(kind):
+            raise TracenasError(f"{kind} level {level} is outside [0, {self.num_levels(kind) - 1}]")
+        if level == self.num_levels(kind) - 1:
+            return (), None
+        with safe_open(str(self.path / block_file(layer)), framework="pt") as f:
+            kept = tuple(f.get_tensor(f"{kind}.{level}.kept").tolist())
+            weight = f.get_tensor(f"{kind}.{level}.weight") if level > 0 else None
+        return kept, weight
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+# --- building ----------------------------------------------------------------------------------------
+def _wanda_scores(weight: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Wanda importance per input column from the Gram diagonal: sum_i |W_ij| * ||x_j||."""
+    return weight.detach().abs().double().cpu().sum(0) * torch.diagonal(h).clamp_min(0).sqrt()
+
+
+def _attn_levels(weight: torch.Tensor, h: torch.Tensor, shape: ModelShape, units: tuple[int, ...],
+                 spec: DatabaseSpec) -> list[tuple[int, ...]]:
+    """Kept query heads at each attention level (nested)."""
+    per_unit = shape.num_kv_heads if shape.is_gqa else 1
+    if spec.importance == "obs":
+        head_cols, rounds = head_units(shape)
+        order = obs_order(weight, h, head_cols, spec.damp, rounds, stop=0)
+        return [kept_by_order(order, shape.num_heads, u * per_unit) for u in units]
+    cols = _wanda_scores(weight, h)
+    scores = cols.view(shape.num_heads, shape.head_dim).sum(1)
+    return [top_heads(shape, scores, u * per_unit)[0] for u in units]
+
+
+def _mlp_levels(weight: torch.Tensor, h: torch.Tensor, widths: tuple[int, ...], spec: DatabaseSpec) -> list[tuple[int, ...]]:
+    if spec.importance == "obs":
+        order = obs_channel_order(weight, h, spec.damp, stop=0)
+        return [kept_by_order(order, h.shape[0], w) for w in widths]
+    scores = _wanda_scores(weight, h)
+    return [top_channels(scores, w) for w in widths]
+
+
+def _dense_gram(adapter: ModelAdapter, layer: nn.Module, name: str, dim: int, states, kwargs) -> torch.Tensor:
+    gram = Gram(dim, paired=False)
+    for h, kw in zip(states, kwargs):
+        gram.add(consumer_input(adapter, layer, name, h, kw))
+    return gram.means()[0]
+
+
+def _block_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, spec: DatabaseSpec, states,
+                   kwargs) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    w_o = adapter.attn_proj(layer, "o_proj").weight
+    h_o = _dense_gram(adapter, layer, "o_proj", shape.num_heads * shape.head_dim, states, kwargs)
+    for k, heads in enumerate(_attn_levels(w_o, h_o, shape, spec.attn_units, spec)):
+        if not heads:
+            continue
+        out[f"attn.{k}.kept"] = torch.tensor(heads, dtype=torch.int64)
+        if k > 0:
+            out[f"attn.{k}.weight"] = solve(w_o, h_o, h_o, head_rows(heads, shape.head_dim), spec.damp).float().contiguous()
+    w_d = adapter.mlp_proj(layer, "down_proj").weight
+    h_d = _dense_gram(adapter, layer, "down_proj", shape.intermediate_size, states, kwargs)
+    for k, channels in enumerate(_mlp_levels(w_d, h_d, spec.mlp_widths, spec)):
+        if not channels:
+            continue
+        out[f"mlp.{k}.kept"] = torch.tensor(channels, dtype=torch.int64)
+        if k > 0:
+            kept = torch.tensor(channels, dtype=torch.long)
+            out[f"mlp.{k}.weight"] = solve(w_d, h_d, h_d, kept, spec.damp).float().contiguous()
+    return out
+
+
+def _write_block(path: Path, i: int, tensors: dict[str, torch.Tensor]) -> None:
+    import safetensors.torch
+
+    final = path / block_file(i)
+    tmp = final.with_name(final.name + ".tmp")
+    # one metadata key: safetensors writes a map in no fixed order, and a resumed build must be byte-identical
+    safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, final)
+
+
+@torch.no_grad()
+def build_database(model: nn.Module, adapter: ModelAdapter, tokenizer, path: str | os.PathLike, spec: DatabaseSpec,
+                   *, source: str | None = None, progress: bool = True) -> SparsityDatabase:
+    """Build (or resume building) the database of `model` in `path`; returns it opened."""
+    from tqdm.auto import tqdm
+
+    from tracenas import data as data_mod
+
+    path = Path(path)
+    shape = adapter.shape()
+    spec.check(SearchSpace(shape))
+    batches = data_mod.token_batches(tokenizer, spec.data, split="calibration", num_sequences=spec.sequences,
+                                     seq_len=spec.seq_len, seed=spec.seed)
+    want = fingerprint(spec, shape, model_checksum(model), batches, source)
+    if (path / MANIFEST).is_file():
+        SparsityDatabase.open(path, expect=want)  # refuses a database built for other settings
+        log.info("resuming the database in %s", path)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        if any(p.name != MANIFEST and p.suffix not in (".tmp", ".log", ".yaml") for p in path.iterdir()):
+            raise RunDirError(f"{path} is not empty and holds no database: choose a new directory")
+        atomic_write_json(path / MANIFEST, {"fingerprint": want, "complete": False})
+    for stale in path.glob("*.tmp"):
+        stale.unlink()
+    first = capture_block_inputs(adapter, batches, spec.micro_batch)
+    states, kwargs = first.states, first.kwargs
+    layers = adapter.layers()
+    bar = tqdm(range(shape.num_layers), desc="sparsity database", unit="block", disable=not progress)
+    for i in bar:
+        if not (path / block_file(i)).is_file():
+            _write_block(path, i, _block_tensors(adapter, layers[i], shape, spec, states, kwargs))
+        states = [run_block(layers[i], h, kw) for h, kw in zip(states, kwargs)]
+    atomic_write_json(path / MANIFEST, {"fingerprint": want, "complete": True})
+    db = SparsityDatabase.open(path, expect=want)
+    log.info("database complete: %d blocks, %.1f MB", shape.num_layers, db.disk_bytes() / 1e6)
+    return db
+
+
+# --- assembling candidates ------------------------------------------------------------------------------
+def levels_to_genome(db: SparsityDatabase, space: SearchSpace, levels: Levels) -> Genome:
+    """The genome of a level assignment (a block with both sub-blocks removed is a dropped block)."""
+    attn = tuple(db.attn_units[k] / space.attn_units for k in levels.attn)
+    mlp = tuple(db.mlp_widths[k] / space.shape.intermediate_size for k in levels.mlp)
+    keep = tuple(a > 0 or m > 0 for a, m in zip(attn, mlp))
+    return Genome(keep, attn, mlp)
+
+
+class LevelAssembler:
+    """Holds one full-size model and moves its sub-blocks between database levels in place.
+
+    `apply(levels)` touches only the sub-blocks whose level changed, reading just those entries from disk.
+    The model then computes exactly the pruned, reconstructed candidate (pruned weights are zero, removed
+    sub-blocks contribute nothing); `selection()` gives the matching `LayerSelection`s for slicing or export.
+    The original projection weights are kept on the CPU to restore a sub-block that moves to a bigger level.
+    """
+
+    def __init__(self, model: nn.Module, adapter: ModelAdapter, db: SparsityDatabase):
+        self.model, self.adapter, self.db = model, adapter, db
+        self.shape = adapter.shape()
+        if db.num_layers != self.shape.num_layers:
+            raise TracenasError(f"the database has {db.num_layers} blocks but the model has {self.shape.num_layers}")
+        self._original = [{n: p.weight.detach().cpu().clone() for n, p in adapter.projections(layer).items()}
+                          | {f"{n}.bias": p.bias.detach().cpu().clone() for n, p in adapter.projections(layer).items()
+                             if p.bias is not None}
+                          for layer in adapter.layers()]
+        n = self.shape.num_layers
+        self.current = Levels((0,) * n, (0,) * n)
+        self._kept: dict[tuple[int, str], tuple[int, ...]] = {}
+        self.loads = 0  # sub-block entries read from disk (what `apply` costs)
+
+    def _restore(self, i: int, names: tuple[str, ...]) -> None:
+        layer = self.adapter.layers()[i]
+        for name, proj in self.adapter.projections(layer).items():
+            if name in names:
+                proj.weight.data.copy_(self._original[i][name])
+                if proj.bias is not None:
+                    proj.bias.data.copy_(self._original[i][f"{name}.bias"])
+
+    def apply(self, levels: Levels) -> int:
+        """Move to `levels`; returns how many sub-blocks changed."""
+        n = self.shape.num_layers
+        if len(levels.attn) != n or len(levels.mlp) != n:
+            raise TracenasError(f"levels must have {n} entries per sub-block type")
+        changed = 0
+        layers = self.adapter.layers()
+        for i in range(n):
+            if levels.attn[i] != self.current.attn[i]:
+                self._restore(i, ("q_proj", "k_proj", "v_proj", "o_proj"))
+                kept, weight = self._load(i, "attn", levels.attn[i])
+                prune_attention_(self.adapter, layers[i], self.shape, kept, weight)
+                changed += 1
+            if levels.mlp[i] != self.current.mlp[i]:
+                self._restore(i, ("gate_proj", "up_proj", "down_proj"))
+                kept, weight = self._load(i, "mlp", levels.mlp[i])
+                prune_mlp_(self.adapter, layers[i], self.shape, kept, weight)
+                changed += 1
+        self.current = levels
+        return changed
+
+    def _load(self, i: int, kind: str, level: int) -> tuple[tuple[int, ...], torch.Tensor | None]:
+        if level == 0:
+            full = self.shape.num_heads if kind == "attn" else self.shape.intermediate_size
+            return tuple(range(full)), None
+        self.loads += 1
+        return self.db.sub_block(i, kind, level)
+
+    def selection(self, levels: Levels | None = None) -> list[LayerSelection]:
+        """The heads / channels each block keeps at `levels` (default: the applied ones)."""
+        levels = levels or self.current
+        out = []
+        s = self.shape
+        for i, (a, m) in enumerate(zip(levels.attn, levels.mlp)):
+            heads = self._kept_at(i, "attn", a)
+            channels = self._kept_at(i, "mlp", m)
+            kv = (tuple(range(s.num_kv_heads)) if s.is_gqa else heads) if heads else ()
+            out.append(LayerSelection(bool(heads or channels), heads, kv, channels))
+        return out
+
+    def _kept_at(self, i: int, kind: str, level: int) -> tuple[int, ...]:
+        key = (i, f"{kind}.{level}")
+        if key not in self._kept:
+            if level == 0:
+                full = self.shape.num_heads if kind == "attn" else self.shape.intermediate_size
+                self._kept[key] = tuple(range(full))
+            else:
+                self._kept[key] = self.db.sub_block(i, kind, level)[0]
+        return self._kept[key]
+
+
+__all__ = ["DatabaseSpec", "LevelAssembler", "Levels", "SparsityDatabase", "build_database", "fingerprint",
+           "levels_to_genome", "model_checksum"]
