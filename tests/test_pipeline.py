@@ -36,3 +36,21 @@ def test_run_produces_complete_directory_and_skips_finished_stages(tiny_model_di
 def test_run_rejects_unknown_stage(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "x"), "--stages", "search,dance"]) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_run_exports_with_reconstruction(tiny_model_dir, tmp_path):
+    """`tracenas run --reconstruct sequential --importance obs`: the export stage re-solves the weights."""
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_model_dir), "--out", str(out), "--stages", "search,export",
+                 "--reconstruct", "sequential", "--importance", "obs", "--budget", "0.7", "--budget-tolerance", "0.1",
+                 "--population", "4", "--elites", "2", "--iterations", "1", "--num-sequences", "2", "--seq-len", "32",
+                 "--min-layers", "2"]) == 0
+    record = json.loads((out / "model" / "reconstruction.json").read_text())
+    assert record["settings"]["inputs"] == "sequential" and record["settings"]["importance"] == "obs"
+    assert "reconstruct: sequential" in (out / "run.yaml").read_text()
+
+
+def test_run_refuses_obs_without_reconstruction(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "x"), "--importance", "obs"]) == 2
+    assert "add --reconstruct" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

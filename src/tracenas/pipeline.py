@@ -66,6 +66,11 @@ class RunConfig:
     rank: int | None = opt(None, preset_help("rank", "LoRA probe rank"))
     min_layers: int | None = opt(None, "minimum kept blocks (default: half)")
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
+    # export
+    reconstruct: str | None = opt(None, "re-solve the kept weights at export (see `tracenas export --help`): "
+                                        "sequential or dense inputs; default: cut only", choices=["sequential", "dense"])
+    importance: str = opt("wanda", "which heads / channels the export keeps: wanda or obs (needs --reconstruct)",
+                          choices=["wanda", "obs"])
     # recovery
     recover_tokens: str | None = opt(None, preset_help("tokens", "recovery token budget, e.g. 200k", RECOVER_PRESETS))
     recover_seq_len: int | None = opt(None, preset_help("seq_len", "recovery sequence length", RECOVER_PRESETS))
@@ -87,6 +92,18 @@ class RunConfig:
         return stages
 
 
+def reconstruction_settings(cfg: RunConfig):
+    """The export's `ReconstructSettings` (None: cut only), on the run's data (calibration split of seed 0,
+    disjoint from the eval split whatever the run's seed)."""
+    from tracenas.reconstruct import ReconstructSettings
+
+    if cfg.reconstruct is None:
+        if cfg.importance != "wanda":
+            raise TracenasError("--importance obs chooses what to keep by reconstruction error: add --reconstruct")
+        return None
+    return ReconstructSettings(cfg.reconstruct, cfg.importance, data=cfg.data)
+
+
 def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
     """Run every requested stage that is not complete yet; returns the report's data."""
     from tracenas.search.config import SearchConfig
@@ -102,6 +119,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               budget_dtype=cfg.budget_dtype, budget_context=cfg.budget_context,
                               budget_batch=cfg.budget_batch, tie_embeddings=cfg.tie_embeddings).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
+    reconstruction_settings(cfg)  # bad export options fail before any work
     from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch
     from tracenas.search.runner import saved_candidates
 
@@ -137,7 +155,7 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
             log.info("export: complete, skipped")
         else:
             t = time.perf_counter()
-            export_stage.export_run(out, model_spec=cfg.model)
+            export_stage.export_run(out, model_spec=cfg.model, reconstruction=reconstruction_settings(cfg))
             timings["export"] = time.perf_counter() - t
 
     rec_dir = out / "recover"

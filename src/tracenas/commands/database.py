@@ -27,7 +27,8 @@ class DatabaseConfig:
     calib_seq_len: int = opt(512, "tokens per calibration window")
     micro_batch: int = opt(4, "windows per forward pass")
     data: str | None = opt(None, "text for the calibration split (default: embedded Wikipedia)")
-    seed: int = opt(0, "data split seed")
+    seed: int = opt(0, "seed of the document split (keep 0: evaluation always uses split seed 0, so other seeds may "
+                       "calibrate on evaluation text)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
