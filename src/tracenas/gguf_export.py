@@ -253,5 +253,45 @@ def write_gguf(model: nn.Module, path: str | os.PathLike, *, qtype: str = "f16",
     return target
 
 
-__all__ = ["ARCH", "GGUF_TYPES", "LayerSizes", "check_expressible", "check_layers", "layer_sizes",
-           "llama3_rope_factors", "write_gguf"]
+
+
+# --- from a checkpoint on disk ---------------------------------------------------------------------------
+def gguf_path(target: str | os.PathLike) -> Path:
+    """Where the GGUF of an HF checkpoint directory goes by default: next to it (`RUN/model` -> `RUN/model.gguf`)."""
+    target = Path(target)
+    return target if target.suffix == ".gguf" else target.with_name(target.name + ".gguf")
+
+
+def source_gguf_of(checkpoint: str | os.PathLike) -> Path | None:
+    """The GGUF file a checkpoint's base model was read from, if any: from the arch.json of the run directory
+    that holds it (`RUN/model`, `RUN/recover/model`), so that the export carries llama.cpp's own tokenizer."""
+    from tracenas.arch import ArchFile
+    from tracenas.models.loading import resolve_source
+
+    for parent in list(Path(checkpoint).absolute().parents)[:3]:
+        if (parent / "arch.json").is_file():
+            try:
+                source = resolve_source(ArchFile.read(parent / "arch.json").source_spec())
+            except TracenasError as err:
+                log.info("base model of %s not found (%s); using the checkpoint's tokenizer", checkpoint, err)
+                return None
+            return Path(source.path) / source.gguf_file if source.gguf_file else None
+    return None
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *, qtype: str = "f16") -> Path:
+    """Convert a checkpoint directory (a tracenas export, a recovered model, or a stock HF model) to one GGUF file,
+    by default next to it."""
+    from tracenas.models.loading import load_model, load_tokenizer, resolve_source
+
+    source = resolve_source(str(checkpoint))
+    model, _, _ = load_model(str(checkpoint), dtype=torch.float32, device="cpu", with_tokenizer=False)
+    base_gguf = source_gguf_of(checkpoint) if source.gguf_file is None else Path(source.path) / source.gguf_file
+    tokenizer = None if base_gguf is not None else load_tokenizer(source)
+    target = Path(out) if out is not None else gguf_path(Path(checkpoint).absolute())
+    return write_gguf(model, target, qtype=qtype, source_gguf=base_gguf, hf_tokenizer=tokenizer,
+                      name=Path(checkpoint).absolute().name)
+
+
+__all__ = ["ARCH", "GGUF_TYPES", "LayerSizes", "check_expressible", "check_layers", "export_checkpoint", "gguf_path",
+           "layer_sizes", "llama3_rope_factors", "source_gguf_of", "write_gguf"]
