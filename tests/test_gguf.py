@@ -26,6 +26,8 @@ from tracenas.models.adapter import get_adapter
 
 needs_llamacpp = pytest.mark.skipif(not llamacpp.available(), reason="llama.cpp not installed (tools/llamacpp)")
 TEXT = "The history of the city began in the early years, when 12 families settled by the river."
+Q8_MIN_CORR = 0.8  # q8_0 vs float last-position logits of the pruned, unrecovered default model: measured 0.991
+# (uniform) and 0.835 (non-uniform; 0.829 with an F32 KV cache, so not the cache). A broken file scores ~0.
 F32_TOL = 1e-3  # measured: ~3e-6 on the tiny models (float32 KV cache, no flash attention)
 
 
@@ -171,12 +173,19 @@ def test_export_cli_gguf(bpe_run, tmp_path, capsys):
 
 # --- in llama.cpp itself -----------------------------------------------------------------------------------
 def hf_reference(model, ids: list[int], n: int) -> tuple[np.ndarray, list[int]]:
+    """Last-position logits and `n` greedy tokens, argmax at every step (EOS included, as llama.cpp does)."""
     x = torch.tensor([ids])
+    greedy = []
     with torch.no_grad():
-        logits = model(x).logits[0, -1].double().numpy()
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
-                             do_sample=False, pad_token_id=0)
-    return logits, out[0, len(ids):].tolist()
+        logits = model(x).logits[0, -1]
+        first = logits.double().numpy()
+        past = None
+        for _ in range(n):
+            greedy.append(int(logits.argmax()))
+            out = model(torch.tensor([[greedy[-1]]]) if past is not None else torch.tensor([ids + greedy[-1:]]),
+                        past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[0, -1]
+    return first, greedy
 
 
 @needs_llamacpp
@@ -265,6 +274,28 @@ def test_llamacpp_default_model(smollm, uniform, tmp_path):
     assert diff < 1e-2  # float32 sums over 576-wide rows in another order, 30 blocks deep: measured ~1e-4
     assert tokenized["tokens"] == tok(TEXT).input_ids
     assert meta["chat_template"] == json.loads(json.dumps(tok.chat_template))
+    # q8_0: a pruned, unrecovered model has near-tied logits (its continuation is degenerate), and llama.cpp's q8_0
+    # kernels also round the activations, so greedy decoding drifts from the float model after a few tokens (the
+    # first 2-3 agree here). Asserted: the first token and logits correlated with the float ones; the exact 32-token
+    # greedy match is asserted on the unpruned model below, whose logits have margins.
     q8 = write_gguf(small, tmp_path / "q8.gguf", qtype="q8_0", source_gguf=source_gguf)
+    q8_logits, greedy = llamacpp.run_tasks(q8, tasks=[{"op": "logits", "tokens": ids},
+                                                      {"op": "greedy", "tokens": ids, "n": 32}])
+    q8_diff = float(np.abs(np.asarray(q8_logits["logits"]) - ref).max())
+    same = next((i for i, (a, b) in enumerate(zip(greedy["tokens"], ref_greedy)) if a != b), 32)
+    corr = float(np.corrcoef(np.asarray(q8_logits["logits"]), ref)[0, 1])
+    print(f"  q8_0: max |logit diff| {q8_diff:.3f}, correlation {corr:.5f}; greedy: first {same} of 32 tokens equal "
+          "to the float model's")
+    assert greedy["tokens"][0] == ref_greedy[0] and corr > Q8_MIN_CORR
+
+
+@pytest.mark.slow
+@needs_llamacpp
+def test_llamacpp_default_model_q8_0_base(smollm, tmp_path):
+    """The unpruned default model as q8_0 GGUF: the same 32 greedy tokens as transformers in float32."""
+    model, tok, source_gguf = smollm
+    ids = tok("The capital of France is").input_ids
+    _, ref_greedy = hf_reference(model, ids, 32)
+    q8 = write_gguf(model, tmp_path / "q8.gguf", qtype="q8_0", source_gguf=source_gguf)
     (greedy,) = llamacpp.run_tasks(q8, tasks=[{"op": "greedy", "tokens": ids, "n": 32}])
     assert greedy["tokens"] == ref_greedy
