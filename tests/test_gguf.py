@@ -299,3 +299,17 @@ def test_llamacpp_default_model_q8_0_base(smollm, tmp_path):
     q8 = write_gguf(model, tmp_path / "q8.gguf", qtype="q8_0", source_gguf=source_gguf)
     (greedy,) = llamacpp.run_tasks(q8, tasks=[{"op": "greedy", "tokens": ids, "n": 32}])
     assert greedy["tokens"] == ref_greedy
+
+
+def test_run_gguf_option_writes_and_resumes(bpe_run, tmp_path):
+    from tracenas.pipeline import RunConfig, _write_gguf
+
+    assert RunConfig(gguf="q8_0").gguf == "q8_0"
+    run_dir = Path(shutil.copytree(bpe_run[0], tmp_path / "run"))
+    assert main(["export", str(run_dir)]) == 0
+    timings: dict[str, float] = {}
+    _write_gguf("q8_0", run_dir / "model", timings)
+    assert read_fields(run_dir / "model.gguf")["general.file_type"] == 7 and "gguf" in timings
+    timings.clear()
+    _write_gguf("q8_0", run_dir / "model", timings)  # complete: skipped
+    assert timings == {}
