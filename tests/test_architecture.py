@@ -119,7 +119,7 @@ def test_the_proxy_registry_imports_no_scoring_module():
 
 # The layers of docs/architecture.md, bottom first; a module may import only from its own layer or below.
 LAYERS = [
-    ("shared", ("errors", "config", "budget", "device", "lazy", "logs", "rundir", "losses", "data", "tasks", "proxy_registry",
+    ("shared", ("errors", "config", "budget", "device", "lazy", "logs", "rundir", "losses", "data", "tasks", "proxy_registry", "llamacpp",
                 "search.registry", "bench_config", "eval_config")),
     ("models", ("models",)),
     ("arch", ("arch",)),
@@ -127,7 +127,8 @@ LAYERS = [
     ("proxies", ("proxy", "zero_cost")),
     ("strategies", ("search.strategy", "search.operators", "search.evolution", "search.strategies", "search.state",
                     "search.config", "search")),
-    ("stages", ("search.runner", "search.plan", "export", "recover", "evaluate", "bench", "validate", "report")),
+    ("stages", ("search.runner", "search.plan", "export", "gguf_export", "gguf_tokenizer", "recover", "evaluate", "bench",
+                "validate", "report")),
     ("pipeline", ("pipeline",)),
     ("cli", ("cli", "commands", "__main__", "")),
 ]

@@ -433,25 +433,44 @@ def is_done(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / "model" / "config.json").is_file()
 
 
+FORMATS = ("hf", "gguf", "both")
+
+
 def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
                out: str | os.PathLike | None = None, dtype: str = "float32", settings: dict | None = None,
-               candidate: int | None = None, reconstruction: ReconstructSettings | None = None) -> Path:
+               candidate: int | None = None, reconstruction: ReconstructSettings | None = None, fmt: str = "hf",
+               gguf_type: str = "f16") -> Path:
     """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`).
 
+    `fmt`: `hf` (the checkpoint directory), `gguf` (one llama.cpp file, `RUN_DIR/model.gguf` or an `out` ending
+    in .gguf; see tracenas.gguf_export) or `both` (the directory and the file next to it). Returns the checkpoint
+    directory, or the GGUF file for `gguf`. `RUN_DIR` may also be a checkpoint directory itself (an export or
+    a recovered model, `RUN/recover/model`): with `gguf` it is converted as it is.
     `settings` (the resolved export options) are recorded as `export.yaml`: in RUN_DIR for the default
     output, else inside the exported directory, so an export never writes into RUN_DIR when given `--out`.
     `reconstruction` re-solves the kept weights on calibration text first (see `tracenas.reconstruct`);
     the checkpoint then also holds `reconstruction.json` (per-layer output errors before and after).
     """
+    if fmt not in FORMATS:
+        raise TracenasError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if (Path(run_dir) / "config.json").is_file() and not (Path(run_dir) / "arch.json").is_file() and arch_path is None:
+        if fmt != "gguf":
+            raise TracenasError(f"{run_dir} is a model checkpoint, not a run directory: it can only be converted "
+                                "with --format gguf")
+        from tracenas.gguf_export import export_checkpoint
+
+        return export_checkpoint(run_dir, out, qtype=gguf_type)
     args = (model_spec, arch_path, out, dtype, settings)
     if out is None:  # RUN_DIR/export.log
         if not Path(run_dir).is_dir():
             raise RunDirError(f"no such run directory: {run_dir}")
         # RunDirGuard: a failed export leaves no new export.log behind
         with RunDirGuard(run_dir), run_log(run_dir, "export"):
-            return _export_run(Path(run_dir), *args, None, candidate, reconstruction)
+            return _export_run(Path(run_dir), *args, None, candidate, reconstruction, fmt, gguf_type)
+    if fmt == "gguf" and Path(out).suffix != ".gguf":
+        raise TracenasError(f"--out for --format gguf names the .gguf file to write, got {out}")
     with captured_log() as lines:  # written into OUT with the model: nothing goes into RUN_DIR
-        return _export_run(Path(run_dir), *args, lines, candidate, reconstruction)
+        return _export_run(Path(run_dir), *args, lines, candidate, reconstruction, fmt, gguf_type)
 
 
 def read_candidate(run_dir: Path, index: int) -> dict:
@@ -467,7 +486,8 @@ def read_candidate(run_dir: Path, index: int) -> dict:
 
 def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathLike | None,
                 out: str | os.PathLike | None, dtype: str, settings: dict | None, lines,
-                candidate: int | None = None, reconstruction: ReconstructSettings | None = None) -> Path:
+                candidate: int | None = None, reconstruction: ReconstructSettings | None = None, fmt: str = "hf",
+                gguf_type: str = "f16") -> Path:
     import yaml
 
     from tracenas.models.loading import load_model, public_source
@@ -489,7 +509,8 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
         genome = Genome.from_dict(chosen["genome"])
     default = "model" if candidate is None else f"model-candidate-{candidate}"
     target = Path(out) if out is not None else run_dir / default
-    _check_writable(target.expanduser().absolute())
+    if fmt != "gguf":
+        _check_writable(target.expanduser().absolute())
     spec = model_spec or arch_file.source_spec()
     log.info("loading base model %s", spec or "(default)")
     tie = bool(arch_file.model.get("tie_embeddings"))  # as the search loaded it
@@ -526,6 +547,20 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
         rec = reconstruct_model_(model, adapter, selection, tokenizer, reconstruction)
         selection = rec.selection
         files["reconstruction.json"] = json.dumps(reconstruction_record(rec, reconstruction), indent=2) + "\n"
+    if fmt in ("gguf", "both"):
+        from tracenas.gguf_export import check_expressible, gguf_path, write_gguf
+
+        check_expressible(model)  # before any slicing or writing: one line, nothing written
+        small = slice_model(model, adapter, selection).eval()
+        gguf_file = write_gguf(small, gguf_path(target.expanduser().absolute()), qtype=gguf_type,
+                               source_gguf=Path(source.path) / source.gguf_file if source.gguf_file else None,
+                               hf_tokenizer=tokenizer, name=f"{run_dir.absolute().name} (tracenas)")
+        del small
+        if fmt == "gguf":
+            if settings is not None and out is None:
+                atomic_write_text(run_dir / "export.yaml", yaml.safe_dump(dict(settings, output=str(gguf_file)),
+                                                                          sort_keys=False))
+            return gguf_file
     public = public_source(source)
     card = {"source_model": public.name, "base_model": public.base_model, "license": public.license,
             "proxy": arch.get("proxy"), "strategy": arch.get("strategy"), "budget": arch.get("budget"),
@@ -562,6 +597,6 @@ def _load_tokenizer(source):
         return None
 
 
-__all__ = ["is_done", "read_candidate", "card_metadata", "check_genome", "check_layers", "check_selection", "describe_proxy", "export_pruned",
+__all__ = ["FORMATS", "is_done", "read_candidate", "card_metadata", "check_genome", "check_layers", "check_selection", "describe_proxy", "export_pruned",
            "export_run", "load_pruned", "model_card",
            "save_pruned", "to_torch_dtype"]

@@ -10,6 +10,7 @@ Layout of `out/`:
     recover/                    continued pretraining; recover/model/ is the recovered checkpoint
     eval/{base,pruned,recovered}/results.json
     bench.json                  speed of the recovered model vs the base
+    recover/model.gguf          with --gguf TYPE: the final model for llama.cpp / Ollama (model.gguf without recovery)
     report.md                   everything above on one page
 A stage whose outputs are complete is skipped; an interrupted search or recovery is resumed.
 """
@@ -76,6 +77,9 @@ class RunConfig:
     recover_seq_len: int | None = opt(None, preset_help("seq_len", "recovery sequence length", RECOVER_PRESETS))
     recover_lr: float | None = opt(None, preset_help("lr", "recovery peak learning rate", RECOVER_PRESETS))
     distill: bool = opt(False, "distill from the base model during recovery")
+    gguf: str | None = opt(None, "also write the final model (recovered, else pruned) as one GGUF file for llama.cpp / "
+                                 "Ollama with this weight type, next to its directory (RUN/recover/model.gguf)",
+                           choices=("f32", "f16", "bf16", "q8_0"))
     # evaluation and speed
     tasks: str | None = opt(None, "lm-eval tasks for every evaluated model (e.g. 'paper' or local:file.jsonl)")
     ppl_max_tokens: int | None = opt(None, preset_help("ppl_max_tokens", "cap on perplexity tokens (0 = all)", EVAL_PRESETS))
@@ -129,6 +133,21 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
         return _run_stages(cfg, search_cfg, out, stages, progress)
 
 
+def _write_gguf(qtype: str, checkpoint: Path, timings: dict[str, float]) -> None:
+    """`--gguf TYPE`: the final checkpoint as one GGUF file next to it; an existing one is kept (resume)."""
+    from tracenas.gguf_export import export_checkpoint, gguf_path
+
+    target = gguf_path(checkpoint)
+    if not (checkpoint / "config.json").exists():
+        log.warning("gguf: no model at %s, skipped", checkpoint)
+    elif target.exists() and target.stat().st_mtime >= (checkpoint / "config.json").stat().st_mtime:
+        log.info("gguf: %s is complete, skipped", target)
+    else:
+        t = time.perf_counter()
+        export_checkpoint(checkpoint, target, qtype=qtype)
+        timings["gguf"] = time.perf_counter() - t
+
+
 def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progress: bool) -> dict:
     save_config(out, "run", cfg)
     timings: dict[str, float] = {}
@@ -178,6 +197,9 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
                                resume=(rec_dir / "checkpoints").exists())
             recover(rc, progress=progress)
             timings["recover"] = time.perf_counter() - t
+
+    if cfg.gguf:
+        _write_gguf(cfg.gguf, recovered if (recovered / "config.json").exists() else model_dir, timings)
 
     if "eval" in stages:
         from tracenas.evaluate import EvalConfig, evaluate

@@ -10,7 +10,7 @@ from pathlib import Path
 from tracenas.config import add_config_arguments, config_from_args, opt, to_dict
 
 NAME = "export"
-HELP = "export a search run's architecture (arch.json) as a Hugging Face checkpoint"
+HELP = "export a search run's architecture (arch.json) as a Hugging Face checkpoint and/or a GGUF file"
 
 
 @dataclass
@@ -23,6 +23,11 @@ class ExportConfig:
     out: str | None = opt(None, "output directory (default: RUN_DIR/model); an earlier export there is replaced "
                                "atomically, any other non-empty directory is refused")
     dtype: str = opt("float32", "dtype of the saved weights", choices=["float32", "bfloat16", "float16"])
+    format: str = opt("hf", "hf: the checkpoint directory; gguf: one .gguf file for llama.cpp / Ollama (RUN_DIR/model.gguf, "
+                            "or --out x.gguf; RUN_DIR may also be a checkpoint such as RUN/recover/model); both: the "
+                            "directory and the .gguf next to it", choices=["hf", "gguf", "both"])
+    gguf_type: str = opt("f16", "weight type of the GGUF file (norms and biases stay f32)",
+                         choices=["f32", "f16", "bf16", "q8_0"])
     candidate: int | None = opt(None, "export this scored candidate of RUN_DIR/history.jsonl (its `index`) instead of "
                                       "the best, to RUN_DIR/model-candidate-N unless --out is given")
     reconstruct: str | None = opt(None, "re-solve the kept o_proj / down_proj weights by least squares on calibration "
@@ -63,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(ExportConfig, args)
     with using_threads(cfg.threads):
         path = export_run(cfg.run_dir, model_spec=cfg.model, arch_path=cfg.arch, out=cfg.out, dtype=cfg.dtype,
-                          settings=to_dict(cfg), candidate=cfg.candidate, reconstruction=cfg.reconstruction())
+                          settings=to_dict(cfg), candidate=cfg.candidate, reconstruction=cfg.reconstruction(),
+                          fmt=cfg.format, gguf_type=cfg.gguf_type)
+    if path.suffix == ".gguf":
+        _print_gguf(path)
+        return 0
     fields = json.loads((path / "config.json").read_text()).get("tracenas", {})
     params, base = fields.get("params"), fields.get("base_params")
     print(f"exported {path}")
@@ -75,4 +84,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"     or AutoModelForCausalLM.from_pretrained({str(path)!r}"
           f"{', trust_remote_code=True' if remote else ''})")
     print(f"  config: {(path if cfg.out else Path(cfg.run_dir)) / 'export.yaml'}")
+    if cfg.format == "both":
+        from tracenas.gguf_export import gguf_path
+
+        _print_gguf(gguf_path(path))
     return 0
+
+
+def _print_gguf(path: Path) -> None:
+    print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(f"  run: llama-cli -m {str(path)!r} -p 'Hello'   (Ollama: FROM {path} in a Modelfile; see docs/gguf.md)")

@@ -138,6 +138,34 @@ class ModelAdapter:
 
         remove_mlp(layer)
 
+    # --- llama.cpp (GGUF export) -----------------------------------------------------------
+    # The GGUF writer (tracenas.gguf_export) targets llama.cpp's `deci` architecture: the Llama block (RMSNorm,
+    # SiLU-gated MLP, RoPE) with its own head, KV-head and FFN sizes per layer and every projection bias optional
+    # (so Qwen2's q/k/v biases and Llama's `attention_bias` are written as they are). What it cannot express:
+    LLAMACPP_ROPE_TYPES = ("default", "linear", "llama3")
+
+    def rope_parameters(self) -> dict:
+        """RoPE settings (`rope_type`, `rope_theta`, `factor`, ...) from a transformers 5 or 4 config."""
+        cfg = self.model.config
+        params = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+        params.setdefault("rope_type", params.pop("type", "default"))
+        params.setdefault("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+        return params
+
+    def llamacpp_blocker(self) -> str | None:
+        """Why llama.cpp's per-layer architecture (`deci`) cannot run this model exactly, or None if it can."""
+        cfg = self.model.config
+        act = getattr(cfg, "hidden_act", "silu")
+        if act != "silu":
+            return f"its MLP activation is {act!r}; llama.cpp's per-layer architecture (deci) runs SiLU only"
+        kind = self.rope_parameters()["rope_type"]
+        if kind not in self.LLAMACPP_ROPE_TYPES:
+            return (f"its RoPE scaling is {kind!r}; llama.cpp's per-layer architecture (deci) takes "
+                    f"{', '.join(self.LLAMACPP_ROPE_TYPES)} only")
+        if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+            return "it has sliding-window attention layers; llama.cpp's per-layer architecture (deci) has none"
+        return None
+
     # --- shape ---------------------------------------------------------------------------
     def shape(self) -> ModelShape:
         cfg = self.model.config

@@ -14,3 +14,7 @@ class Qwen3Adapter(ModelAdapter):
     family = "qwen3"
     model_types = ("qwen3",)
     stock_class = "Qwen3ForCausalLM"
+
+    def llamacpp_blocker(self) -> str | None:
+        return ("Qwen3's per-head query/key RMSNorms (q_norm, k_norm) are not part of llama.cpp's per-layer "
+                "architecture (deci), and llama.cpp's qwen3 architecture has one head count for all layers")
