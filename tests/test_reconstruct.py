@@ -233,3 +233,10 @@ def test_obs_without_reconstruct_is_refused(tmp_path, capsys):
     run_dir, _, _ = make_run_dir(tmp_path)
     assert main(["export", str(run_dir), "--importance", "obs"]) != 0
     assert "add --reconstruct" in capsys.readouterr().err
+
+
+def test_obs_chunks_remove_the_cheapest_together():
+    w = torch.tensor([[3.0, 0.1, 2.0, 1.0], [1.0, 0.1, 2.0, 0.5]])
+    h = torch.eye(4, dtype=torch.float64)
+    assert obs_channel_order(w, h, damp=1e-9, chunk=2) == [1, 3, 0, 2]
+    assert obs_channel_order(w, h, damp=1e-9, stop=2, chunk=2) == [1, 3]

@@ -37,7 +37,7 @@ from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import LayerSelection, head_rows, top_channels, top_heads
 from tracenas.models.adapter import ModelAdapter, ModelShape
 from tracenas.reconstruct import (
-    DEFAULT_DAMP, IMPORTANCES, Gram, capture_block_inputs, consumer_input, kept_by_order, obs_channel_order,
+    DEFAULT_DAMP, DEFAULT_OBS_CHUNK, IMPORTANCES, Gram, capture_block_inputs, consumer_input, kept_by_order, obs_channel_order,
     obs_order, head_units, prune_attention_, prune_mlp_, run_block, solve,
 )
 
@@ -66,6 +66,8 @@ class DatabaseSpec:
     data: str | None = None
     seed: int = 0
     micro_batch: int = 4
+    obs_chunk: int = DEFAULT_OBS_CHUNK
+    dtype: str = "float32"  # of the stored weights (bfloat16 halves the disk size of a big model's database)
 
     @classmethod
     def default(cls, space: SearchSpace, mlp_levels: int = DEFAULT_MLP_LEVELS, **kwargs) -> "DatabaseSpec":
@@ -88,6 +90,8 @@ class DatabaseSpec:
         for w in self.mlp_widths:
             if w not in (0, space.mlp_width(w / space.shape.intermediate_size)):
                 raise TracenasError(f"MLP width {w} is not on the grid (multiples of {space.mlp_multiple})")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise TracenasError(f"database dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.importance not in IMPORTANCES:
             raise TracenasError(f"importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
 
@@ -203,7 +207,7 @@ def _attn_levels(weight: torch.Tensor, h: torch.Tensor, shape: ModelShape, units
 
 def _mlp_levels(weight: torch.Tensor, h: torch.Tensor, widths: tuple[int, ...], spec: DatabaseSpec) -> list[tuple[int, ...]]:
     if spec.importance == "obs":
-        order = obs_channel_order(weight, h, spec.damp, stop=0)
+        order = obs_channel_order(weight, h, spec.damp, stop=0, chunk=spec.obs_chunk)
         return [kept_by_order(order, h.shape[0], w) for w in widths]
     scores = _wanda_scores(weight, h)
     return [top_channels(scores, w) for w in widths]
@@ -226,7 +230,8 @@ def _block_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, s
             continue
         out[f"attn.{k}.kept"] = torch.tensor(heads, dtype=torch.int64)
         if k > 0:
-            out[f"attn.{k}.weight"] = solve(w_o, h_o, h_o, head_rows(heads, shape.head_dim), spec.damp).float().contiguous()
+            new = solve(w_o, h_o, h_o, head_rows(heads, shape.head_dim), spec.damp)
+            out[f"attn.{k}.weight"] = new.to(getattr(torch, spec.dtype)).contiguous()
     w_d = adapter.mlp_proj(layer, "down_proj").weight
     h_d = _dense_gram(adapter, layer, "down_proj", shape.intermediate_size, states, kwargs)
     for k, channels in enumerate(_mlp_levels(w_d, h_d, spec.mlp_widths, spec)):
@@ -235,7 +240,7 @@ def _block_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, s
         out[f"mlp.{k}.kept"] = torch.tensor(channels, dtype=torch.int64)
         if k > 0:
             kept = torch.tensor(channels, dtype=torch.long)
-            out[f"mlp.{k}.weight"] = solve(w_d, h_d, h_d, kept, spec.damp).float().contiguous()
+            out[f"mlp.{k}.weight"] = solve(w_d, h_d, h_d, kept, spec.damp).to(getattr(torch, spec.dtype)).contiguous()
     return out
 
 

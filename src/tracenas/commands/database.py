@@ -22,11 +22,13 @@ class DatabaseConfig:
     importance: str = opt("obs", "removal order inside each sub-block: greedy OBS or Wanda", choices=["obs", "wanda"])
     mlp_levels: int = opt(11, "MLP levels, evenly spaced from the full width to 0 and snapped to multiples of 32 "
                               "(attention: every KV-valid head count)")
+    obs_chunk: int = opt(32, "MLP channels removed per OBS step (1: strictly one at a time, slower)")
     damp: float = opt(0.01, "reconstruction ridge: this fraction of the mean Gram diagonal")
     calib_sequences: int = opt(32, "calibration windows")
     calib_seq_len: int = opt(512, "tokens per calibration window")
     micro_batch: int = opt(4, "windows per forward pass")
     data: str | None = opt(None, "text for the calibration split (default: embedded Wikipedia)")
+    dtype: str = opt("float32", "dtype of the stored weights", choices=["float32", "bfloat16", "float16"])
     seed: int = opt(0, "seed of the document split (keep 0: evaluation always uses split seed 0, so other seeds may "
                        "calibrate on evaluation text)")
 
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         adapter = get_adapter(model)
         spec = DatabaseSpec.default(SearchSpace(adapter.shape()), cfg.mlp_levels, importance=cfg.importance,
                                     damp=cfg.damp, sequences=cfg.calib_sequences, seq_len=cfg.calib_seq_len,
-                                    data=cfg.data, seed=cfg.seed, micro_batch=cfg.micro_batch)
+                                    data=cfg.data, seed=cfg.seed, micro_batch=cfg.micro_batch, dtype=cfg.dtype,
+                                    obs_chunk=cfg.obs_chunk)
         db = build_database(model, adapter, tokenizer, out, spec, source=source.spec)
         save_config(out, "database", cfg)
     print(describe(db))

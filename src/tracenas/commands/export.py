@@ -37,6 +37,7 @@ class ExportConfig:
                                    "search scored them) or `obs` (greedy OBS removal; needs --reconstruct)",
                           choices=["wanda", "obs"])
     damp: float = opt(0.01, "reconstruction ridge: this fraction of the mean Gram diagonal")
+    obs_chunk: int = opt(32, "--importance obs: MLP channels removed per greedy step (1: strictly one at a time)")
     calib_sequences: int = opt(32, "reconstruction calibration windows")
     calib_seq_len: int = opt(512, "tokens per reconstruction calibration window")
     data: str | None = opt(None, "text for the reconstruction calibration split (default: embedded Wikipedia)")
@@ -52,7 +53,7 @@ class ExportConfig:
                 raise TracenasError("--importance obs chooses what to keep by reconstruction error: add --reconstruct")
             return None
         return ReconstructSettings(self.reconstruct, self.importance, self.damp, self.calib_sequences,
-                                   self.calib_seq_len, self.data)
+                                   self.calib_seq_len, self.data, obs_chunk=self.obs_chunk)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
