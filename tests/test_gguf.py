@@ -313,3 +313,27 @@ def test_run_gguf_option_writes_and_resumes(bpe_run, tmp_path):
     timings.clear()
     _write_gguf("q8_0", run_dir / "model", timings)  # complete: skipped
     assert timings == {}
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("kind", ["llama-gqa", "qwen2-mha"])
+def test_llamacpp_runs_attention_free_blocks(kind, bpe, tmp_path):
+    """A block whose attention was removed (retention 0) and a dropped block: llama.cpp's logits and greedy
+    tokens equal transformers'."""
+    from tracenas.arch import Genome, SearchSpace
+    from tracenas.masking import compute_importance, select
+
+    model = make_tiny(kind)
+    adapter = get_adapter(model)
+    space = SearchSpace(adapter.shape())
+    genome = space.snap(Genome((True, True, False, True), (1.0, 0.0, 0.5, 0.5), (0.7, 0.4, 0.5, 1.0)))
+    imp = compute_importance(model, adapter, torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0)))
+    small = slice_model(model, adapter, select(space, genome, imp)).eval()
+    ids = bpe(TEXT).input_ids
+    ref, ref_greedy = hf_reference(small, ids, 32)
+    path = write_gguf(small, tmp_path / "f32.gguf", qtype="f32", hf_tokenizer=bpe)
+    assert read_fields(path)["deci.attention.head_count"][1] == 0
+    logits, greedy = llamacpp.run_tasks(path, kv_type="F32", tasks=[
+        {"op": "logits", "tokens": ids}, {"op": "greedy", "tokens": ids, "n": 32}])
+    assert np.abs(np.asarray(logits["logits"]) - ref).max() < F32_TOL
+    assert greedy["tokens"] == ref_greedy

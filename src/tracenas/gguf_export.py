@@ -58,9 +58,13 @@ def layer_sizes(adapter: ModelAdapter, head_dim: int) -> list[LayerSizes]:
     """Each block's query heads, KV heads and MLP width, read off its projections."""
     out = []
     for layer in adapter.layers():
-        q, k = adapter.attn_proj(layer, "q_proj"), adapter.attn_proj(layer, "k_proj")
-        out.append(LayerSizes(q.out_features // head_dim, k.out_features // head_dim,
-                              adapter.mlp_proj(layer, "gate_proj").out_features))
+        heads = kv = ffn = 0  # a removed sub-block (tracenas.models.remote NoAttention / NoMLP) has size 0
+        if adapter.has_attention(layer):
+            heads = adapter.attn_proj(layer, "q_proj").out_features // head_dim
+            kv = adapter.attn_proj(layer, "k_proj").out_features // head_dim
+        if adapter.has_mlp(layer):
+            ffn = adapter.mlp_proj(layer, "gate_proj").out_features
+        out.append(LayerSizes(heads, kv, ffn))
     return out
 
 

@@ -87,10 +87,23 @@ class ModelAdapter:
         return getattr(self.mlp(layer), name)
 
     def projections(self, layer: nn.Module) -> dict[str, nn.Linear]:
-        """All seven projections of a block, keyed by their short name."""
-        out = {n: self.attn_proj(layer, n) for n in ATTN_PROJ}
-        out.update({n: self.mlp_proj(layer, n) for n in MLP_PROJ})
+        """The projections of a block keyed by their short name (seven, fewer where a sub-block was removed)."""
+        out = {n: self.attn_proj(layer, n) for n in ATTN_PROJ} if self.has_attention(layer) else {}
+        if self.has_mlp(layer):
+            out.update({n: self.mlp_proj(layer, n) for n in MLP_PROJ})
         return out
+
+    def has_attention(self, layer: nn.Module) -> bool:
+        """False once `remove_attention` took the block's attention out."""
+        from tracenas.models.remote.modeling_tracenas import NoAttention
+
+        return not isinstance(self.attention(layer), NoAttention)
+
+    def has_mlp(self, layer: nn.Module) -> bool:
+        """False once `remove_mlp` took the block's MLP out."""
+        from tracenas.models.remote.modeling_tracenas import NoMLP
+
+        return not isinstance(self.mlp(layer), NoMLP)
 
     def final_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden state (after the final norm), without computing logits."""
