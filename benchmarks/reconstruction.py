@@ -142,16 +142,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     bench = Bench(args.out, args.threads, args.jobs)
     if not args.table_only:
-        runs = [bench.search(arch, b) for b in args.budgets for arch in args.archs]
-        bench.parallel(bench.export_and_eval, [(r, v) for r in runs for v in args.variants])
-        todo = []
-        for r in runs:
-            if args.recover == "all":
-                todo += [(r, v) for v in args.variants]
-            elif args.recover == "best":
-                scored = {v: bench.data["runs"][f"{r.name}/{v}"]["zero_shot"] for v in args.variants if v != "mask"}
-                todo += [(r, "mask")] + ([(r, min(scored, key=scored.get))] if scored else [])
-        bench.parallel(bench.recover_and_eval, todo)
+        for b in args.budgets:  # budget by budget: the first budget's table is complete before the next starts
+            runs = [bench.search(arch, b) for arch in args.archs]
+            bench.parallel(bench.export_and_eval, [(r, v) for r in runs for v in args.variants])
+            todo = []
+            for r in runs:
+                if args.recover == "all":
+                    todo += [(r, v) for v in args.variants]
+                elif args.recover == "best":
+                    scored = {v: bench.data["runs"][f"{r.name}/{v}"]["zero_shot"] for v in args.variants if v != "mask"}
+                    todo += [(r, "mask")] + ([(r, min(scored, key=scored.get))] if scored else [])
+            bench.parallel(bench.recover_and_eval, todo)
         if args.database:
             db = args.out / "database"
             timed(bench.data, "database_build_s",

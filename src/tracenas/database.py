@@ -37,8 +37,8 @@ from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import LayerSelection, head_rows, top_channels, top_heads
 from tracenas.models.adapter import ModelAdapter, ModelShape
 from tracenas.reconstruct import (
-    DEFAULT_DAMP, DEFAULT_OBS_CHUNK, IMPORTANCES, Gram, capture_block_inputs, consumer_input, kept_by_order, obs_channel_order,
-    obs_order, head_units, prune_attention_, prune_mlp_, run_block, solve,
+    DEFAULT_DAMP, DEFAULT_OBS_CHUNK, IMPORTANCES, Gram, block_pass, capture_block_inputs, kept_by_order,
+    obs_channel_order, obs_order, head_units, prune_attention_, prune_mlp_, run_block, solve,
 )
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class DatabaseSpec:
     mlp_widths: tuple[int, ...]  # level k keeps mlp_widths[k] channels; descending, first = all, last = 0
     importance: str = "obs"
     damp: float = DEFAULT_DAMP
-    sequences: int = 32
+    sequences: int = 16
     seq_len: int = 512
     data: str | None = None
     seed: int = 0
@@ -213,18 +213,11 @@ def _mlp_levels(weight: torch.Tensor, h: torch.Tensor, widths: tuple[int, ...], 
     return [top_channels(scores, w) for w in widths]
 
 
-def _dense_gram(adapter: ModelAdapter, layer: nn.Module, name: str, dim: int, states, kwargs) -> torch.Tensor:
-    gram = Gram(dim, paired=False)
-    for h, kw in zip(states, kwargs):
-        gram.add(consumer_input(adapter, layer, name, h, kw))
-    return gram.means()[0]
-
-
-def _block_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, spec: DatabaseSpec, states,
-                   kwargs) -> dict[str, torch.Tensor]:
+def _block_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, spec: DatabaseSpec,
+                   grams: dict[str, Gram]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     w_o = adapter.attn_proj(layer, "o_proj").weight
-    h_o = _dense_gram(adapter, layer, "o_proj", shape.num_heads * shape.head_dim, states, kwargs)
+    h_o = grams["o_proj"].means()[0]
     for k, heads in enumerate(_attn_levels(w_o, h_o, shape, spec.attn_units, spec)):
         if not heads:
             continue
@@ -233,7 +226,7 @@ def _block_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, s
             new = solve(w_o, h_o, h_o, head_rows(heads, shape.head_dim), spec.damp)
             out[f"attn.{k}.weight"] = new.to(getattr(torch, spec.dtype)).contiguous()
     w_d = adapter.mlp_proj(layer, "down_proj").weight
-    h_d = _dense_gram(adapter, layer, "down_proj", shape.intermediate_size, states, kwargs)
+    h_d = grams["down_proj"].means()[0]
     for k, channels in enumerate(_mlp_levels(w_d, h_d, spec.mlp_widths, spec)):
         if not channels:
             continue
@@ -282,10 +275,20 @@ def build_database(model: nn.Module, adapter: ModelAdapter, tokenizer, path: str
     states, kwargs = first.states, first.kwargs
     layers = adapter.layers()
     bar = tqdm(range(shape.num_layers), desc="sparsity database", unit="block", disable=not progress)
+    dims = {"o_proj": shape.num_heads * shape.head_dim, "down_proj": shape.intermediate_size}
     for i in bar:
-        if not (path / block_file(i)).is_file():
-            _write_block(path, i, _block_tensors(adapter, layers[i], shape, spec, states, kwargs))
-        states = [run_block(layers[i], h, kw) for h, kw in zip(states, kwargs)]
+        if (path / block_file(i)).is_file():  # done before an interruption: only its outputs are needed
+            states = [run_block(layers[i], h, kw) for h, kw in zip(states, kwargs)]
+            continue
+        grams = {name: Gram(dim, paired=False) for name, dim in dims.items()}
+        next_states = []
+        for h, kw in zip(states, kwargs):  # one pass of the block: both consumers' inputs and its output
+            out, seen = block_pass(adapter, layers[i], h, kw, tuple(dims))
+            for name, x in seen.items():
+                grams[name].add(x)
+            next_states.append(out)
+        _write_block(path, i, _block_tensors(adapter, layers[i], shape, spec, grams))
+        states = next_states
     atomic_write_json(path / MANIFEST, {"fingerprint": want, "complete": True})
     db = SparsityDatabase.open(path, expect=want)
     log.info("database complete: %d blocks, %.1f MB", shape.num_layers, db.disk_bytes() / 1e6)

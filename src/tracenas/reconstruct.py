@@ -66,7 +66,7 @@ class ReconstructSettings:
     inputs: str = "sequential"
     importance: str = "wanda"
     damp: float = DEFAULT_DAMP
-    sequences: int = 32
+    sequences: int = 16
     seq_len: int = 512
     data: str | None = None
     seed: int = 0
@@ -288,6 +288,23 @@ def run_block(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Ten
     return out[0] if isinstance(out, tuple) else out
 
 
+def block_pass(adapter: ModelAdapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict,
+               names: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The block's output on `hidden`, and the inputs its projections `names` saw on the way."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in names:
+        proj = adapter.attn_proj(layer, name) if name in ("q_proj", "k_proj", "v_proj", "o_proj") else \
+            adapter.mlp_proj(layer, name)
+        hooks.append(proj.register_forward_pre_hook(lambda _m, args, name=name: seen.__setitem__(name, args[0].detach())))
+    try:
+        out = run_block(layer, hidden, kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, seen
+
+
 def consumer_input(adapter: ModelAdapter, layer: nn.Module, name: str, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
     """The input of projection `name` when `layer` runs on `hidden` (the pass stops right there)."""
     proj = adapter.attn_proj(layer, name) if name == "o_proj" else adapter.mlp_proj(layer, name)
@@ -418,53 +435,47 @@ def reconstruct(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSe
             new_selection.append(sel)
             dense_states = [run_block(layer, h, kw) for h, kw in zip(dense_states, kwargs)]
             continue
+        # one pass of the dense block: both consumers' inputs and the block's output
+        seen = [block_pass(adapter, layer, h, kw, CONSUMERS) for h, kw in zip(dense_states, kwargs)]
+        dense_states = [out for out, _ in seen]
+        dense_inputs = [x for _, x in seen]
+        del seen
         work = copy.deepcopy(layer)
         weights[i], errors[i] = {}, {}
-        stream = pruned_states if paired else dense_states
-        # attention: o_proj's input, head by head
-        heads = sel.heads
-        if heads:
-            gram = Gram(shape.num_heads * shape.head_dim, paired)
-            for h_d, h_p, kw in zip(dense_states, stream, kwargs):
-                x_d = consumer_input(adapter, layer, "o_proj", h_d, kw)
-                gram.add(consumer_input(adapter, work, "o_proj", h_p, kw) if paired else x_d, x_d)
-            grams = gram.means()
-            w_o = adapter.attn_proj(layer, "o_proj").weight
-            if importance == "obs":
-                heads = obs_heads(w_o, grams[0], shape, len(sel.heads), damp)
-            kept = head_rows(heads, shape.head_dim)
-            new = solve(w_o, grams[0], grams[2], kept, damp)
-            weights[i]["o_proj"] = new.to(torch.float32)
-            errors[i]["o_proj"] = {"mask": output_error(w_o, grams, kept),
-                                   "reconstructed": output_error(w_o, grams, kept, new)}
-            prune_attention_(adapter, work, shape, heads, new)
-        else:
-            prune_attention_(adapter, work, shape, (), None)
-        # MLP: down_proj's input, channel by channel (after this block's pruned attention)
-        channels = sel.channels
-        if channels:
-            gram = Gram(shape.intermediate_size, paired)
-            for h_d, h_p, kw in zip(dense_states, stream, kwargs):
-                x_d = consumer_input(adapter, layer, "down_proj", h_d, kw)
-                gram.add(consumer_input(adapter, work, "down_proj", h_p, kw) if paired else x_d, x_d)
-            grams = gram.means()
-            w_d = adapter.mlp_proj(layer, "down_proj").weight
-            if importance == "obs":
-                order = obs_channel_order(w_d, grams[0], damp, stop=len(sel.channels), chunk=obs_chunk)
-                channels = kept_by_order(order, shape.intermediate_size, len(sel.channels))
-            kept = torch.tensor(channels, dtype=torch.long)
-            new = solve(w_d, grams[0], grams[2], kept, damp)
-            weights[i]["down_proj"] = new.to(torch.float32)
-            errors[i]["down_proj"] = {"mask": output_error(w_d, grams, kept),
-                                      "reconstructed": output_error(w_d, grams, kept, new)}
-            prune_mlp_(adapter, work, shape, channels, new)
-        else:
-            prune_mlp_(adapter, work, shape, (), None)
+        heads, channels = sel.heads, sel.channels
+        for name in CONSUMERS:
+            keep_count = len(sel.heads) if name == "o_proj" else len(sel.channels)
+            proj = adapter.attn_proj(layer, name) if name == "o_proj" else adapter.mlp_proj(layer, name)
+            if keep_count == 0:
+                kept = None
+            else:
+                gram = Gram(proj.in_features, paired)
+                for x_d, h_p, kw in zip(dense_inputs, pruned_states or dense_inputs, kwargs):
+                    # sequential: the pruned block so far (this block's attention already done) on pruned inputs
+                    gram.add(consumer_input(adapter, work, name, h_p, kw) if paired else x_d[name], x_d[name])
+                grams = gram.means()
+                if name == "o_proj":
+                    if importance == "obs":
+                        heads = obs_heads(proj.weight, grams[0], shape, keep_count, damp)
+                    kept = head_rows(heads, shape.head_dim)
+                else:
+                    if importance == "obs":
+                        order = obs_channel_order(proj.weight, grams[0], damp, stop=keep_count, chunk=obs_chunk)
+                        channels = kept_by_order(order, shape.intermediate_size, keep_count)
+                    kept = torch.tensor(channels, dtype=torch.long)
+                new = solve(proj.weight, grams[0], grams[2], kept, damp)
+                weights[i][name] = new.to(torch.float32)
+                errors[i][name] = {"mask": output_error(proj.weight, grams, kept),
+                                   "reconstructed": output_error(proj.weight, grams, kept, new)}
+            if name == "o_proj":
+                prune_attention_(adapter, work, shape, heads if kept is not None else (), weights[i].get(name))
+            else:
+                prune_mlp_(adapter, work, shape, channels if kept is not None else (), weights[i].get(name))
+        del dense_inputs
         kv = sel.kv_heads if importance == "wanda" or shape.is_gqa else tuple(heads)
         new_selection.append(LayerSelection(True, tuple(heads), tuple(kv) if heads else (), tuple(channels)))
         if paired:
             pruned_states = [run_block(work, h, kw) for h, kw in zip(pruned_states, kwargs)]
-        dense_states = [run_block(layer, h, kw) for h, kw in zip(dense_states, kwargs)]
         del work
     return Reconstruction(new_selection, weights, errors, inputs, importance, damp, int(batches.numel()))
 

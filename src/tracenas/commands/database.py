@@ -24,7 +24,7 @@ class DatabaseConfig:
                               "(attention: every KV-valid head count)")
     obs_chunk: int = opt(32, "MLP channels removed per OBS step (1: strictly one at a time, slower)")
     damp: float = opt(0.01, "reconstruction ridge: this fraction of the mean Gram diagonal")
-    calib_sequences: int = opt(32, "calibration windows")
+    calib_sequences: int = opt(16, "calibration windows")
     calib_seq_len: int = opt(512, "tokens per calibration window")
     micro_batch: int = opt(4, "windows per forward pass")
     data: str | None = opt(None, "text for the calibration split (default: embedded Wikipedia)")

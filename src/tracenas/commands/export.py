@@ -38,7 +38,7 @@ class ExportConfig:
                           choices=["wanda", "obs"])
     damp: float = opt(0.01, "reconstruction ridge: this fraction of the mean Gram diagonal")
     obs_chunk: int = opt(32, "--importance obs: MLP channels removed per greedy step (1: strictly one at a time)")
-    calib_sequences: int = opt(32, "reconstruction calibration windows")
+    calib_sequences: int = opt(16, "reconstruction calibration windows")
     calib_seq_len: int = opt(512, "tokens per reconstruction calibration window")
     data: str | None = opt(None, "text for the reconstruction calibration split (default: embedded Wikipedia)")
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
