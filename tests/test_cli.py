@@ -13,6 +13,7 @@ def test_every_verb_has_threads():
     assert {"search", "export", "bench", "recover", "eval", "run", "validate-proxy"} <= set(handlers)
     for verb in handlers:
         args = parser.parse_args([verb, "x", "--threads", "3"] if verb in ("export", "bench", "recover", "eval")
+                                 else [verb, "build", "x", "--threads", "3"] if verb == "database"
                                  else [verb, "--threads", "3"])
         assert args.threads == 3, verb
 
