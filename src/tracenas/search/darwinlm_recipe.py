@@ -31,7 +31,7 @@ from tracenas.errors import TracenasError
 from tracenas.masking import selection_to_list
 from tracenas.search.darwinlm import DarwinLMSearch, DarwinState, LevelSpace, StageTask
 from tracenas.search.darwinlm_eval import CandidateEvaluator
-from tracenas.search.rank_split import barrier, is_main, split_map
+from tracenas.search.rank_split import barrier, is_main, split_map, world
 from tracenas.search.runner import STATE, SearchRecipe, _f, _truncate_jsonl
 from tracenas.search.state import Candidate
 
@@ -114,7 +114,13 @@ class DarwinLMRecipe(SearchRecipe):
         self.wall_before = 0.0
 
     def _evaluate(self, batch: list[Levels], task: StageTask) -> list[tuple[float, dict]]:
-        return split_map(lambda levels: self.evaluator.evaluate(levels, task), batch)
+        rank = world()[0]
+
+        def one(levels: Levels) -> tuple[float, dict]:
+            fitness, info = self.evaluator.evaluate(levels, task)
+            return fitness, info | {"rank": rank}
+
+        return split_map(one, batch)
 
     def resume(self) -> None:
         import dataclasses
@@ -142,7 +148,8 @@ class DarwinLMRecipe(SearchRecipe):
         with open(self.history, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         with open(self.timings, "a") as fh:
-            fh.write(json.dumps({"index": rec["index"], "seconds": round(info.get("seconds", 0.0), 4)}) + "\n")
+            fh.write(json.dumps({"index": rec["index"], "seconds": round(info.get("seconds", 0.0), 4),
+                                 "rank": info.get("rank", 0)}) + "\n")
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(gen=task.generation, stage=task.stage, fitness=f"{fitness:.4f}")
