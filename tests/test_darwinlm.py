@@ -262,3 +262,23 @@ def test_two_ranks_equal_one(tiny_model_dir, tmp_path):
     ranks = [json.loads(line)["rank"] for line in (two / "search/timings.jsonl").read_text().splitlines()]
     assert set(ranks) == {0, 1}  # the offspring really were split: each rank scored its share
     assert ranks[:4] == [0, 1, 0, 1]
+
+
+def test_run_pipeline_with_darwinlm_exports_recovers_evaluates_and_reports_the_cost(tiny_model_dir, tmp_path):
+    from tracenas.pipeline import RunConfig, run_pipeline
+
+    out = tmp_path / "run"
+    knobs = {k: TINY[k] for k in ("num_sequences", "seq_len", "offspring", "survivors", "stage_tokens",
+                                  "finetune_tokens", "budget", "budget_tolerance", "min_layers")}
+    cfg = RunConfig(model=str(tiny_model_dir), out=str(out), strategy="darwinlm", iterations=2, threads=1,
+                    recover_tokens="2k", recover_seq_len=32, ppl_max_tokens=512, bench_prompt_len=16, bench_gen_len=4,
+                    bench_trials=1, **knobs)
+    run_pipeline(cfg, progress=False)
+    for name in ("arch.json", "model/config.json", "recover/model/config.json", "eval/pruned/results.json",
+                 "eval/recovered/results.json", "bench.json", "report.md", "search/levels.png"):
+        assert (out / name).exists(), name
+    arch = json.loads((out / "arch.json").read_text())
+    report = (out / "report.md").read_text()
+    assert "strategy `darwinlm`" in report
+    assert f"fine-tuning: {arch['search_cost']['finetune_tokens']:,} tokens" in report
+    assert f"fitness evaluations: {arch['search_cost']['candidate_evaluations']:,}" in report
