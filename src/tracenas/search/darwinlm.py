@@ -251,6 +251,15 @@ class DarwinLMSearch(SearchStrategy):
                               iterations=search.iterations, finetune_lr=search.finetune_lr,
                               budget_tolerance=search.budget_tolerance, seed=search.seed)
 
+    @classmethod
+    def for_plan(cls, search, space: SearchSpace, budget: int) -> "DarwinLMSearch":
+        """An instance for `--dry-run` counts: the default database levels, no evaluation."""
+        from tracenas.database import DatabaseSpec
+
+        spec = DatabaseSpec.default(space, search.database_levels)
+        return cls(cls.config_from(search), LevelSpace(space, spec.attn_units, spec.mlp_widths), budget,
+                   lambda batch, task: [])
+
     def initial_state(self) -> DarwinState:  # type: ignore[override]
         return DarwinState(rng_state=self.rng.bit_generator.state)
 
@@ -294,6 +303,17 @@ class DarwinLMSearch(SearchStrategy):
     @property
     def generations(self) -> int:
         return self.cfg.iterations
+
+    def plan_note(self) -> str:
+        """The whole run's training and scoring tokens (what `--dry-run` prints; fine-tuning rounds up to windows)."""
+        c = self.cfg
+        alive = [c.offspring] + list(c.survivors[:-1])
+        alive[-1] += 1  # the parent re-enters the last stage
+        train = c.iterations * sum(n * t for n, t in zip(alive, c.train_tokens))
+        score = c.iterations * sum(n * t for n, t in zip(alive, c.eval_tokens))
+        return (f"cost of the run: {c.iterations} generations x {sum(alive)} fitness evaluations; fine-tuning "
+                f"{train:,} tokens (forward + backward + AdamW on the sliced candidate), scoring {score:,} tokens "
+                "(forward), plus building the sparsity database once")
 
     # --- one generation ----------------------------------------------------------------------------
     def task(self, stage: int) -> StageTask:
