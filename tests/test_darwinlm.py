@@ -217,6 +217,9 @@ def test_export_of_a_darwinlm_run_is_the_assembled_candidate(tiny_model_dir, tmp
     with torch.no_grad():
         torch.testing.assert_close(small(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
     assert sum(p.numel() for p in small.parameters()) == arch["params"]
+    record = json.loads((out / "history.jsonl").read_text().splitlines()[1])  # any evaluated candidate, by its levels
+    other = load_pruned(export_run(out, candidate=1))
+    assert sum(p.numel() for p in other.parameters()) == record["params"]
     with pytest.raises(TracenasError, match="reconstructed"):
         from tracenas.reconstruct import ReconstructSettings
 
@@ -225,7 +228,7 @@ def test_export_of_a_darwinlm_run_is_the_assembled_candidate(tiny_model_dir, tmp
 
 def test_presets_and_flags():
     quick = SearchConfig(strategy="darwinlm").resolved()
-    assert (quick.offspring, quick.survivors, quick.iterations, quick.proxy) == (4, "2,1", 10, "kl")
+    assert (quick.offspring, quick.survivors, quick.iterations, quick.proxy) == (4, "2,1", 8, "kl")
     paper = SearchConfig(strategy="darwinlm", preset="paper").resolved()
     cfg = DarwinLMSearch.config_from(paper)
     assert (cfg.offspring, cfg.survivors, cfg.eval_tokens, cfg.train_tokens, cfg.iterations, cfg.finetune_lr) == (

@@ -29,7 +29,7 @@ DARWINLM_PRESETS: dict[str, dict] = {
                   finetune_tokens="10000,50000,100000,200000", finetune_lr=1e-5, iterations=200, num_sequences=16,
                   seq_len=4096, micro_batch=1),
     "quick": dict(offspring=4, survivors="2,1", stage_tokens="256,512", finetune_tokens="512,1024", finetune_lr=1e-5,
-                  iterations=10, num_sequences=16, seq_len=128, micro_batch=1),
+                  iterations=8, num_sequences=16, seq_len=128, micro_batch=1),
 }
 DARWINLM_FIELDS = ("offspring", "survivors", "stage_tokens", "finetune_tokens", "finetune_lr")
 
