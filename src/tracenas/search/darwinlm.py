@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from tracenas.arch import Genome, Levels, SearchSpace
 from tracenas.errors import TracenasError
 from tracenas.search.state import NEG_INF, Candidate, _from_json_float, _json_float
 from tracenas.search.strategy import SearchStrategy
+
+if TYPE_CHECKING:
+    from tracenas.search.config import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ class DarwinLMSearch(SearchStrategy):
         super().__init__(cfg, levels.space, budget, score=lambda g: (NEG_INF, {}))  # type: ignore[arg-type]
 
     @classmethod
-    def config_from(cls, search) -> DarwinLMConfig:  # type: ignore[override]
+    def config_from(cls, search: SearchConfig) -> DarwinLMConfig:  # type: ignore[override]
         ints = lambda text: tuple(int(float(x)) for x in str(text).split(",") if x.strip())  # noqa: E731
         return DarwinLMConfig(offspring=search.offspring, survivors=ints(search.survivors),
                               eval_tokens=ints(search.stage_tokens), train_tokens=ints(search.finetune_tokens),
@@ -252,7 +255,7 @@ class DarwinLMSearch(SearchStrategy):
                               budget_tolerance=search.budget_tolerance, seed=search.seed)
 
     @classmethod
-    def for_plan(cls, search, space: SearchSpace, budget: int) -> "DarwinLMSearch":
+    def for_plan(cls, search: SearchConfig, space: SearchSpace, budget: int) -> "DarwinLMSearch":
         """An instance for `--dry-run` counts: the default database levels, no evaluation."""
         from tracenas.database import DatabaseSpec
 
