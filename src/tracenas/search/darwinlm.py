@@ -244,6 +244,7 @@ class DarwinLMSearch(SearchStrategy):
         self.evaluate_fn = evaluate
         self.on_evaluated: Callable[[Levels, str, StageTask, float, dict], None] | None = None
         self.on_stage: Callable[[DarwinState], None] | None = None
+        # the base class's per-genome score callback is unused: every stage scores through `evaluate`
         super().__init__(cfg, levels.space, budget, score=lambda g: (NEG_INF, {}))  # type: ignore[arg-type]
 
     @classmethod
