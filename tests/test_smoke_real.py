@@ -47,3 +47,26 @@ def test_quick_run_on_default_model(tmp_path):
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     text = tok.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0][ids.shape[1]:])
     assert text.strip()
+
+
+def check_darwinlm_run(out) -> None:
+    """What a shrunk quick darwinlm search on the default model must leave behind."""
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["strategy"] == "darwinlm" and arch["proxy"] == "kl" and arch["database"] == "database"
+    assert arch["budget"] * 0.98 <= arch["params"] <= arch["budget"]
+    assert len(arch["levels"]["attn"]) == len(arch["levels"]["mlp"]) == 30 and arch["num_layers_kept"] >= 15
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in hist] == [0, 0, 0, 1, 1, 1] and hist[-1]["role"] == "parent"
+    assert arch["search_cost"]["candidate_evaluations"] == 6
+    assert arch["search_cost"]["finetune_tokens"] == 3 * 128 + 3 * 256
+    assert all(0 < h["kl"] < 10 for h in hist)
+    for name in ("search/progress.png", "search/levels.png", "database/manifest.json"):
+        assert (out / name).exists(), name
+
+
+def test_quick_darwinlm_search_on_default_model(tmp_path):
+    out = tmp_path / "darwin"
+    rc = main(["search", "--strategy", "darwinlm", "--out", str(out), "--threads", "1", "--offspring", "3",
+               "--survivors", "2,1", "--stage-tokens", "128,256", "--finetune-tokens", "128,256", "--iterations", "1"])
+    assert rc == 0
+    check_darwinlm_run(out)

@@ -63,6 +63,28 @@ class Genome:
 
 
 @dataclass(frozen=True)
+class Levels:
+    """A candidate of a sparsity-level database (`tracenas.database`) as one level index per sub-block:
+    0 = full, the last level = removed. Level `k` keeps `attn_units[k]` attention units / `mlp_widths[k]` channels."""
+
+    attn: tuple[int, ...]
+    mlp: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"attn": list(self.attn), "mlp": list(self.mlp)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Levels":
+        return cls(tuple(int(x) for x in d["attn"]), tuple(int(x) for x in d["mlp"]))
+
+    def genome(self, attn_units: tuple[int, ...], mlp_widths: tuple[int, ...], space: "SearchSpace") -> Genome:
+        """The genome of this assignment (a block with both sub-blocks removed is a dropped block)."""
+        attn = tuple(attn_units[k] / space.attn_units for k in self.attn)
+        mlp = tuple(mlp_widths[k] / space.shape.intermediate_size for k in self.mlp)
+        return Genome(tuple(a > 0 or m > 0 for a, m in zip(attn, mlp)), attn, mlp)
+
+
+@dataclass(frozen=True)
 class LayerArch:
     """Realized size of one block of the pruned model."""
 

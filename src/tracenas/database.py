@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tracenas.arch import Genome, SearchSpace
+from tracenas.arch import Genome, Levels, SearchSpace
 from tracenas.config import atomic_write_json
 from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import LayerSelection, head_rows, top_channels, top_heads
@@ -94,17 +94,6 @@ class DatabaseSpec:
             raise TracenasError(f"database dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.importance not in IMPORTANCES:
             raise TracenasError(f"importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
-
-
-@dataclass(frozen=True)
-class Levels:
-    """A candidate as one level index per sub-block (0 = full, last = removed)."""
-
-    attn: tuple[int, ...]
-    mlp: tuple[int, ...]
-
-    def to_dict(self) -> dict:
-        return {"attn": list(self.attn), "mlp": list(self.mlp)}
 
 
 def model_checksum(model: nn.Module) -> str:
@@ -298,10 +287,7 @@ def build_database(model: nn.Module, adapter: ModelAdapter, tokenizer, path: str
 # --- assembling candidates ------------------------------------------------------------------------------
 def levels_to_genome(db: SparsityDatabase, space: SearchSpace, levels: Levels) -> Genome:
     """The genome of a level assignment (a block with both sub-blocks removed is a dropped block)."""
-    attn = tuple(db.attn_units[k] / space.attn_units for k in levels.attn)
-    mlp = tuple(db.mlp_widths[k] / space.shape.intermediate_size for k in levels.mlp)
-    keep = tuple(a > 0 or m > 0 for a, m in zip(attn, mlp))
-    return Genome(keep, attn, mlp)
+    return levels.genome(db.attn_units, db.mlp_widths, space)
 
 
 class LevelAssembler:

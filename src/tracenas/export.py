@@ -517,13 +517,17 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
     model, _, source = load_model(spec, dtype=torch.float32, device="cpu", with_tokenizer=False, tie_embeddings=tie)
     adapter = get_adapter(model)
     space = SearchSpace(adapter.shape(), min_layers=1)
-    if chosen is not None:
+    if chosen is not None and chosen.get("levels") is None:
         from tracenas.search.runner import ANCHOR, load_anchor
 
         if not (run_dir / ANCHOR).is_file():
             raise RunDirError(f"no {ANCHOR} in {run_dir}: --candidate needs the search's saved importance")
         selection = select(space, genome, load_anchor(run_dir / ANCHOR)[0])
         arch = {**arch, "layers": None, "score": chosen.get("score"), "memory_bytes": None, "flops_per_token": None}
+    levels = (chosen or arch).get("levels")
+    if levels is not None:  # a darwinlm architecture: the database's kept units and re-solved weights
+        selection = _apply_levels(run_dir, arch, levels, model, adapter, reconstruction)
+        arch = {**arch, "layers": None}
     try:
         if genome.num_layers != space.shape.num_layers:
             raise TracenasError(f"the genome has {genome.num_layers} layers but the model has "
@@ -577,6 +581,30 @@ def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathL
     if record is not None and out is None:
         atomic_write_text(run_dir / "export.yaml", record)
     return path
+
+
+def _apply_levels(run_dir: Path, arch: dict, levels: dict, model: nn.Module, adapter: ModelAdapter,
+                  reconstruction: ReconstructSettings | None) -> list[LayerSelection]:
+    """Move `model` to the database levels of a darwinlm architecture (pruned weights zero, consumers re-solved)
+    and return the matching selection, which slicing then keeps."""
+    from tracenas.arch import Levels
+    from tracenas.database import LevelAssembler, SparsityDatabase
+
+    if reconstruction is not None:
+        raise TracenasError("this architecture's weights come from its sparsity-level database (already "
+                            "reconstructed): leave --reconstruct out")
+    if not arch.get("database"):
+        raise RunDirError("arch.json has levels but names no database")
+    path = Path(arch["database"]).expanduser()
+    path = path if path.is_absolute() else run_dir / path  # relative: inside the search's run directory
+    db = SparsityDatabase.open(path)
+    assembler = LevelAssembler(model, adapter, db)
+    try:
+        assembler.apply(Levels.from_dict(levels))
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunDirError(f"arch.json is corrupt: malformed levels ({err})") from err
+    log.info("weights of levels from the database in %s", path)
+    return assembler.selection()
 
 
 def reconstruction_record(rec, settings: ReconstructSettings) -> dict:

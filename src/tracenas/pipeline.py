@@ -30,7 +30,7 @@ from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard
 from tracenas.eval_config import PRESETS as EVAL_PRESETS
 from tracenas.recover.config import PRESETS as RECOVER_PRESETS
-from tracenas.search.config import preset_help
+from tracenas.search.config import DARWINLM_PRESETS, preset_help
 from tracenas.search.registry import strategy_names
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,15 @@ class RunConfig:
     iterations: int | None = opt(None, preset_help("iterations", "search generations"))
     num_sequences: int | None = opt(None, preset_help("num_sequences", "calibration sequences"))
     seq_len: int | None = opt(None, preset_help("seq_len", "calibration sequence length"))
+    offspring: int | None = opt(None, preset_help("offspring", "darwinlm: children per generation", DARWINLM_PRESETS))
+    survivors: str | None = opt(None, preset_help("survivors", "darwinlm: survivors per stage", DARWINLM_PRESETS))
+    stage_tokens: str | None = opt(None, preset_help("stage_tokens", "darwinlm: scoring tokens per stage",
+                                                     DARWINLM_PRESETS))
+    finetune_tokens: str | None = opt(None, preset_help("finetune_tokens", "darwinlm: fine-tuning tokens per stage",
+                                                        DARWINLM_PRESETS))
+    finetune_lr: float | None = opt(None, preset_help("finetune_lr", "darwinlm: fine-tuning learning rate",
+                                                      DARWINLM_PRESETS))
+    database: str | None = opt(None, "darwinlm: sparsity-level database (default: built in OUT/database)")
     rank: int | None = opt(None, preset_help("rank", "LoRA probe rank"))
     min_layers: int | None = opt(None, "minimum kept blocks (default: half)")
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
@@ -121,7 +130,10 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               min_layers=cfg.min_layers, budget_tolerance=cfg.budget_tolerance,
                               budget_memory=cfg.budget_memory, budget_flops=cfg.budget_flops,
                               budget_dtype=cfg.budget_dtype, budget_context=cfg.budget_context,
-                              budget_batch=cfg.budget_batch, tie_embeddings=cfg.tie_embeddings).resolved()
+                              budget_batch=cfg.budget_batch, tie_embeddings=cfg.tie_embeddings,
+                              offspring=cfg.offspring, survivors=cfg.survivors, stage_tokens=cfg.stage_tokens,
+                              finetune_tokens=cfg.finetune_tokens, finetune_lr=cfg.finetune_lr,
+                              database=cfg.database).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
     reconstruction_settings(cfg)  # bad export options fail before any work
     from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch

@@ -53,7 +53,27 @@ def plot_search(out: str | os.PathLike) -> list[Path]:
     plt.close(fig)
     written.append(path)
     written.append(plot_arch(arch, out / "search" / "arch.png"))
+    if arch.get("levels"):
+        written.append(plot_levels(arch["levels"], out / "search" / "levels.png"))
     return written
+
+
+def plot_levels(levels: dict, path: str | os.PathLike) -> Path:
+    """Per-block database level of attention and MLP (0 = full; the top level removes the sub-block)."""
+    n = len(levels["attn"])
+    fig, ax = plt.subplots(figsize=(max(6, n * 0.3), 3.6))
+    idx = list(range(n))
+    ax.bar([i - 0.2 for i in idx], levels["attn"], width=0.4, label="attention level", color="tab:orange")
+    ax.bar([i + 0.2 for i in idx], levels["mlp"], width=0.4, label="MLP level", color="tab:green")
+    ax.set_xlabel("block")
+    ax.set_ylabel("level (0 = full)")
+    ax.set_title("darwinlm: final per-block levels")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_arch(arch: dict, path: str | os.PathLike) -> Path:
@@ -128,6 +148,15 @@ def write_report(out: str | os.PathLike) -> dict:
                   f"- wall time: {timings.get('search', summary.get('wall_seconds_this_session')):.0f} s on "
                   f"{summary['device']} ({summary['dtype']}, {summary.get('threads')} "
                   f"thread{'' if summary.get('threads') == 1 else 's'})", ""]
+        cost = summary.get("search_cost")
+        if cost:  # a training-aware search (darwinlm) is charged for its training too
+            lines[-1:] = [f"- fitness evaluations: {cost['candidate_evaluations']:,} (each fine-tunes a sliced "
+                          f"candidate, then scores it by KL to the base model)",
+                          f"- fine-tuning: {cost['finetune_tokens']:,} tokens in {cost['finetune_steps']:,} "
+                          f"AdamW steps; scoring: {cost['eval_tokens']:,} tokens",
+                          f"- search wall time over all sessions: {cost['wall_seconds']:.0f} s (candidates "
+                          f"{cost['candidate_seconds']:.0f} s; database built this session in "
+                          f"{cost['database_seconds_this_session']:.0f} s)", ""]
     if any(evals.values()) or rec:
         lines += ["## Quality", "", "| model | perplexity (held-out split) |", "|---|---:|"]
         for name in ("base", "pruned", "recovered"):

@@ -65,6 +65,9 @@ class ForwardReference:
 
     hidden: torch.Tensor  # [N, L, H] float32, on the model's device
     fingerprint: tuple
+    # the base model's output layer (weight, bias); None: the scored model's own, unchanged head. A candidate
+    # that was trained (darwinlm fine-tunes every parameter) needs the base head kept apart.
+    head: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def tokens(self) -> int:
@@ -186,7 +189,8 @@ def forward_stats(model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor
             nll = F.nll_loss(logp.reshape(-1, logp.shape[-1]), t.reshape(-1), reduction="sum").double()
         kl = zero
         if base:
-            base_logp = F.log_softmax(head_logits(base[0].to(h.dtype), head.weight, head.bias), dim=-1)
+            w, b = reference.head if reference.head is not None else (head.weight, head.bias)
+            base_logp = F.log_softmax(head_logits(base[0].to(h.dtype), w, b), dim=-1)
             kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum").double()
         return nll, kl
 

@@ -22,6 +22,17 @@ PRESETS: dict[str, dict] = {
                   proxy="kl"),
 }
 
+# `--strategy darwinlm` (DarwinLM, arXiv 2502.07780; see docs/darwinlm.md). paper: the official search script's
+# settings; quick: sized for the default model on a small CPU machine.
+DARWINLM_PRESETS: dict[str, dict] = {
+    "paper": dict(offspring=16, survivors="8,4,2,1", stage_tokens="1024,2048,4096,8192",
+                  finetune_tokens="10000,50000,100000,200000", finetune_lr=1e-5, iterations=200, num_sequences=16,
+                  seq_len=4096, micro_batch=1),
+    "quick": dict(offspring=4, survivors="2,1", stage_tokens="256,512", finetune_tokens="512,1024", finetune_lr=1e-5,
+                  iterations=8, num_sequences=16, seq_len=128, micro_batch=1),
+}
+DARWINLM_FIELDS = ("offspring", "survivors", "stage_tokens", "finetune_tokens", "finetune_lr")
+
 
 def preset_help(key: str, text: str, presets: dict[str, dict] | None = None) -> str:
     """`text (preset: paper 30, quick 8)`: what each preset (the search's by default) sets when the flag is left out."""
@@ -65,6 +76,19 @@ class SearchConfig:
     budget_dtype: str = opt("bfloat16", "bytes per value for --budget-memory", choices=("float32", "bfloat16", "float16"))
     budget_context: int = opt(4096, "context length (tokens) for --budget-memory's KV cache and --budget-flops")
     budget_batch: int = opt(1, "sequences in the KV cache for --budget-memory")
+    offspring: int | None = opt(None, preset_help("offspring", "darwinlm: children per generation (λ)",
+                                                  DARWINLM_PRESETS))
+    survivors: str | None = opt(None, preset_help("survivors", "darwinlm: survivors after each selection stage, "
+                                                  "comma-separated, ending in 1", DARWINLM_PRESETS))
+    stage_tokens: str | None = opt(None, preset_help("stage_tokens", "darwinlm: tokens each stage scores a "
+                                                     "candidate on (KL to the dense model)", DARWINLM_PRESETS))
+    finetune_tokens: str | None = opt(None, preset_help("finetune_tokens", "darwinlm: tokens each stage fine-tunes "
+                                                        "a candidate on before scoring it (0: none)", DARWINLM_PRESETS))
+    finetune_lr: float | None = opt(None, preset_help("finetune_lr", "darwinlm: AdamW learning rate of the "
+                                                      "in-memory fine-tuning", DARWINLM_PRESETS))
+    database: str | None = opt(None, "darwinlm: sparsity-level database (`tracenas database build`); default: built "
+                                     "in OUT/database on the calibration windows")
+    database_levels: int = opt(11, "darwinlm: MLP levels of a database built in OUT/database")
     tie_embeddings: bool = opt(False, "tie an output head stored apart from the embeddings but equal to them up to "
                                       "quantization noise (GGUF files): one tensor, counted once")
     include_embeddings: bool = opt(True, "count embeddings/lm_head in the budget (the paper does)")
@@ -115,7 +139,24 @@ class SearchConfig:
         preset = PRESETS[self.preset]
         population = self.population if self.population is not None else preset["population"]
         elites = self.elites if self.elites is not None else preset["elites"]
-        if self.strategy != "uniform" and elites >= population:
+        if self.strategy == "darwinlm":
+            if self.proxy not in (None, "kl"):
+                raise TracenasError("--strategy darwinlm scores by KL to the dense model: leave --proxy out or use kl")
+            if self.finetune_lr is not None and self.finetune_lr < 0:
+                raise TracenasError(f"--finetune-lr must be >= 0, got {self.finetune_lr}")
+            if self.offspring is not None and self.offspring < 1:
+                raise TracenasError(f"--offspring must be a positive integer, got {self.offspring}")
+            for name in ("survivors", "stage_tokens", "finetune_tokens"):
+                value = getattr(self, name)
+                try:
+                    if value is not None and not [int(float(x)) for x in str(value).split(",") if x.strip()]:
+                        raise ValueError
+                except ValueError:
+                    raise TracenasError(f"--{name.replace('_', '-')} must be comma-separated integers, "
+                                        f"got {value!r}") from None
+            if self.database_levels < 2:
+                raise TracenasError(f"--database-levels must be at least 2, got {self.database_levels}")
+        elif self.strategy != "uniform" and elites >= population:
             raise TracenasError(f"--elites ({elites}) must be smaller than --population ({population}): "
                                 "every generation needs room for new candidates")
 
@@ -142,5 +183,8 @@ class SearchConfig:
 
     def resolved(self) -> "SearchConfig":
         """A copy with every preset-controlled field filled in."""
-        values = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
+        preset = dict(PRESETS[self.preset])
+        if self.strategy == "darwinlm":
+            preset |= DARWINLM_PRESETS[self.preset] | {"proxy": "kl"}
+        values = {k: v for k, v in preset.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **values)

@@ -34,6 +34,7 @@ class SearchPlan:
     candidates: int  # candidates the search scores at most
     tokens_per_candidate: int
     backward: bool  # the proxy needs gradients (forward + backward per candidate)
+    cost_note: str | None = None  # a strategy's own account of its cost (darwinlm: fine-tuning and scoring tokens)
 
     @property
     def flops_per_candidate(self) -> int:
@@ -64,6 +65,11 @@ class SearchPlan:
             + (f"; embeddings {emb} the budget); " if self.unit == "parameters" else "); ") +
             f"reachable [{lo_hi[0]:,}, {lo_hi[1]:,})",
             f"candidates to score: at most {self.candidates}",
+        ]
+        if self.cost_note:
+            lines += [self.cost_note, "nothing was scored or written (dry run)"]
+            return "\n".join(lines)
+        lines += [
             f"cost per candidate: {self.tokens_per_candidate:,} tokens "
             + ("forward + backward" if self.backward else "forward only")
             + f", about {self.flops_per_candidate:.2e} FLOPs (estimate: 2 x params x tokens"
@@ -128,14 +134,17 @@ def plan_search(cfg: SearchConfig) -> SearchPlan:
                         metric=cfg.budget_metric())
     budget = space.resolve_budget(cfg.budget_value())
     cls = strategy_class(cfg.strategy)
-    strategy = cls(cls.config_from(cfg), space, budget, lambda g: (0.0, {}))  # never called: counts only
+    for_plan = getattr(cls, "for_plan", None)  # a strategy whose constructor needs more than the space (darwinlm)
+    strategy = for_plan(cfg, space, budget) if for_plan else cls(cls.config_from(cfg), space, budget,
+                                                                   lambda g: (0.0, {}))  # never called: counts only
     return SearchPlan(model=cfg.model or "default", shape_from=shape_from, shape=shape, min_layers=min_layers,
                       attn_points=space.attn_units, mlp_points=mlp_points(space), space_size=space_size(space),
                       reachable=space.reachable(), budget=budget, unit=space.metric.unit,
                       base_params=space.base_params(),
                       include_embeddings=cfg.include_embeddings, candidates=strategy.planned_candidates(),
                       tokens_per_candidate=cfg.num_sequences * cfg.seq_len,
-                      backward=get_proxy(cfg.proxy).method.needs_probes)
+                      backward=get_proxy(cfg.proxy).method.needs_probes,
+                      cost_note=strategy.plan_note() if hasattr(strategy, "plan_note") else None)
 
 
 __all__ = ["SearchPlan", "block_params", "format_size", "mlp_points", "plan_search", "space_size"]

@@ -25,11 +25,13 @@ STRATEGY_HELP: dict[str, str] = {
     "evolution": "TraceNAS: importance anchors, elites, crossover, mutation",
     "uniform": "one candidate, the same ratio in every block",
     "random": "random search, same candidate budget",
+    "darwinlm": "DarwinLM: (1+lambda) evolution over database levels, fine-tuned multistep selection",
 }
 _CLASSES: dict[str, "str | type[SearchStrategy]"] = {
     "evolution": "tracenas.search.evolution:Evolution",
     "uniform": "tracenas.search.strategies:UniformSearch",
     "random": "tracenas.search.strategies:RandomSearch",
+    "darwinlm": "tracenas.search.darwinlm:DarwinLMSearch",
 }
 
 

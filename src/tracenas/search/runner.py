@@ -17,6 +17,7 @@ Run directory:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 STATE = "search/state.json"
 ANCHOR = "search/anchor.safetensors"
 HISTORY = "history.jsonl"
+RANKS = ".ranks"  # under torchrun, rank r > 0 of a distributed recipe writes its own copy of the run in OUT/.ranks/rank-r
 
 
 @dataclass
@@ -153,6 +155,13 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
     from tracenas.models.loading import resolve_source
 
     out = Path(cfg.out).expanduser()
+    recipe_cls = recipe_class(cfg.strategy)
+    if getattr(recipe_cls, "distributed", False):  # under torchrun: ranks > 0 keep their files apart
+        from tracenas.search.rank_split import world
+
+        rank = world()[0]
+        if rank > 0:
+            out, progress = out / RANKS / f"rank-{rank}", False
     resuming = cfg.resume
     if resuming:
         cfg = resume_config(cfg, out)
@@ -163,8 +172,18 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
         resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
     data_mod.check_source(cfg.data)
     with RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0):
-        recipe = SearchRecipe(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
+        recipe = recipe_cls(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
         return recipe.run()
+
+
+def recipe_class(strategy: str) -> "type[SearchRecipe]":
+    """The recipe a strategy runs in: `SearchRecipe`, or the one its class names in `recipe` ("module:Class",
+    e.g. darwinlm's, which scores through a sparsity database and fine-tuning instead of a `Scorer`)."""
+    path = getattr(strategy_class(strategy), "recipe", None)
+    if path is None:
+        return SearchRecipe
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 class SearchRecipe:
@@ -329,11 +348,7 @@ class SearchRecipe:
         self._write_arch(best)
         seconds = time.perf_counter() - self.t_start
         state = self.strategy.state
-        summary = {"candidates_scored": state.history_len, "rejected_draws": state.rejected,
-                   "calibration_tokens": int(self.batches.numel()), "wall_seconds_this_session": round(seconds, 2),
-                   "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                   "threads": torch.get_num_threads()}
-        atomic_write_json(self.out / "search" / "summary.json", summary)
+        atomic_write_json(self.out / "search" / "summary.json", self._summary(seconds))
         try:
             from tracenas.report import plot_search
 
@@ -342,6 +357,14 @@ class SearchRecipe:
             log.warning("could not draw search plots: %s", err)
         log.info("best %s: score %.4f, %s parameters", self.cfg.proxy, best.score, format_count(best.params))
         return SearchResult(self.out, best, self.budget, self.space.base_params(), state.history_len, seconds)
+
+    def _summary(self, seconds: float) -> dict:
+        """search/summary.json: the cost of the search."""
+        state = self.strategy.state
+        return {"candidates_scored": state.history_len, "rejected_draws": state.rejected,
+                "calibration_tokens": int(self.batches.numel()), "wall_seconds_this_session": round(seconds, 2),
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "threads": torch.get_num_threads()}
 
     def _write_arch(self, best: Candidate | None) -> None:
         _write_arch(self.out, self.cfg, self.space, self.importance, best, self.budget, self.source)
