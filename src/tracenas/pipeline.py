@@ -78,7 +78,7 @@ class RunConfig:
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
     # export
     reconstruct: str | None = opt(None, "re-solve the kept weights at export (see `tracenas export --help`): "
-                                        "sequential or dense inputs; default: cut only", choices=["sequential", "dense"])
+                                        "dense or sequential inputs; default: cut only", choices=["dense", "sequential"])
     importance: str = opt("wanda", "which heads / channels the export keeps: wanda or obs (needs --reconstruct)",
                           choices=["wanda", "obs"])
     # recovery

@@ -1,6 +1,6 @@
 """Layer-wise weight reconstruction of a pruned model, and OBS (ZipLM-style) selection of what to keep.
 
-    rec = reconstruct(model, adapter, selection, batches, inputs="sequential", importance="obs")
+    rec = reconstruct(model, adapter, selection, batches, inputs="dense", importance="obs")
     apply_reconstruction_(model, adapter, rec)     # kept consumer columns get the re-solved weights
     small = slice_model(model, adapter, rec.selection)
 
@@ -63,7 +63,7 @@ class ReconstructSettings:
     """How an export re-solves its weights: input regime, selection, damping, and the calibration tokens
     (`sequences` windows of `seq_len` tokens from the calibration split of `data`)."""
 
-    inputs: str = "sequential"
+    inputs: str = "dense"
     importance: str = "wanda"
     damp: float = DEFAULT_DAMP
     sequences: int = 16
@@ -409,7 +409,7 @@ def _check_args(inputs: str, importance: str, damp: float) -> None:
 
 @torch.no_grad()
 def reconstruct(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelection], batches: torch.Tensor, *,
-                inputs: str = "sequential", importance: str = "wanda", damp: float = DEFAULT_DAMP,
+                inputs: str = "dense", importance: str = "wanda", damp: float = DEFAULT_DAMP,
                 micro_batch: int = 1, obs_chunk: int = DEFAULT_OBS_CHUNK, progress: bool = False) -> Reconstruction:
     """Re-solve every kept consumer of a pruned `selection` on the calibration `batches` (model untouched).
 
