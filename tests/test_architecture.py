@@ -120,10 +120,10 @@ def test_the_proxy_registry_imports_no_scoring_module():
 # The layers of docs/architecture.md, bottom first; a module may import only from its own layer or below.
 LAYERS = [
     ("shared", ("errors", "config", "budget", "device", "lazy", "logs", "rundir", "losses", "data", "tasks", "proxy_registry",
-                "search.registry", "bench_config", "eval_config")),
+                "search.registry", "bench_config", "eval_config", "distributed")),
     ("models", ("models",)),
     ("arch", ("arch",)),
-    ("masking", ("masking",)),
+    ("masking", ("masking", "sliced")),
     ("proxies", ("proxy", "zero_cost")),
     ("strategies", ("search.strategy", "search.operators", "search.evolution", "search.strategies", "search.state",
                     "search.config", "search")),

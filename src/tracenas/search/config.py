@@ -74,6 +74,11 @@ class SearchConfig:
     dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
                      choices=("auto", "float32", "bfloat16", "float16"))
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
+    score_on: str = opt("sliced", "score each candidate on a physically sliced copy of its kept weights (compute "
+                                  "scales with what it keeps) or under masks on the dense model (the reference; "
+                                  "same scores up to float rounding)", choices=("sliced", "masked"))
+    compile: bool = opt(False, "torch.compile each decoder block (GPU; sliced shapes recompile per new width: "
+                               "pays off only for long searches, docs/scale.md)")
     resume: bool = opt(False, "continue the search saved in --out (same config required)")
 
     def __post_init__(self) -> None:
