@@ -225,6 +225,9 @@ class SearchRecipe:
             self.model, self.tokenizer, self.source = load_model(self.cfg.model, dtype=self.dtype, device=self.device,
                                                                  tie_embeddings=self.cfg.tie_embeddings)
         self.adapter = get_adapter(self.model)
+        if self.cfg.compile:  # per block: a new sliced width recompiles that block only (docs/scale.md)
+            for layer in self.adapter.layers():
+                layer.compile()
 
     def _setup_space(self) -> None:
         """Search space, budget and `min_layers` (resolved from the model); saves search.yaml on a new run."""
@@ -314,12 +317,14 @@ class SearchRecipe:
     def search(self) -> Candidate | None:
         """Run generations until the strategy is done; the best candidate ever scored."""
         self.bar = _progress(self.strategy.planned_candidates(), self.strategy.state.history_len, self.progress)
+        t0, done_before = time.perf_counter(), self.strategy.state.history_len
         try:
             while not self.strategy.done():
                 self.step()
         finally:  # also on an error, so that its message starts on a line of its own
             if self.bar is not None:
                 self.bar.close()
+        self.scoring = (time.perf_counter() - t0, self.strategy.state.history_len - done_before)
         if self.probes is not None:
             self.probes.remove()
         return self.strategy.best()
@@ -367,7 +372,10 @@ class SearchRecipe:
         summary = {"candidates_scored": state.history_len, "rejected_draws": state.rejected,
                    "calibration_tokens": int(self.batches.numel()), "wall_seconds_this_session": round(seconds, 2),
                    "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                   "threads": torch.get_num_threads(), "ranks": self.dist.world, "score_on": self.scorer.score_on}
+                   "threads": torch.get_num_threads(), "ranks": self.dist.world, "score_on": self.scorer.score_on,
+                   # the generations alone (no loading, no base pass): what candidates/s is measured on
+                   "scoring_seconds_this_session": round(self.scoring[0], 3),
+                   "candidates_this_session": self.scoring[1]}
         atomic_write_json(self.out / "search" / "summary.json", summary)
         try:
             from tracenas.report import plot_search
