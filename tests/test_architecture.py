@@ -123,7 +123,7 @@ LAYERS = [
                 "search.registry", "bench_config", "eval_config", "distributed")),
     ("models", ("models",)),
     ("arch", ("arch",)),
-    ("masking", ("masking", "sliced")),
+    ("masking", ("masking", "sliced", "memory")),
     ("proxies", ("proxy", "zero_cost")),
     ("strategies", ("search.strategy", "search.operators", "search.evolution", "search.strategies", "search.state",
                     "search.config", "search")),

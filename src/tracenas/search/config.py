@@ -79,6 +79,9 @@ class SearchConfig:
                                   "same scores up to float rounding)", choices=("sliced", "masked"))
     compile: bool = opt(False, "torch.compile each decoder block (GPU; sliced shapes recompile per new width: "
                                "pays off only for long searches, docs/scale.md)")
+    activation_checkpointing: bool = opt(False, "recompute each block's activations in backward (gradient proxies): "
+                                                "about 1.5x the trace's compute, activation memory of one block "
+                                                "instead of all (an 8B/14B search on one 80 GB GPU, docs/scale.md)")
     resume: bool = opt(False, "continue the search saved in --out (same config required)")
 
     def __post_init__(self) -> None:

@@ -225,6 +225,10 @@ class SearchRecipe:
             self.model, self.tokenizer, self.source = load_model(self.cfg.model, dtype=self.dtype, device=self.device,
                                                                  tie_embeddings=self.cfg.tie_embeddings)
         self.adapter = get_adapter(self.model)
+        if self.cfg.activation_checkpointing:
+            from tracenas.memory import checkpoint_blocks
+
+            checkpoint_blocks(self.adapter)
         if self.cfg.compile:  # per block: a new sliced width recompiles that block only (docs/scale.md)
             for layer in self.adapter.layers():
                 layer.compile()
