@@ -48,3 +48,25 @@ def test_checkpointed_blocks_score_sliced_candidates_like_plain_ones(tiny_batche
         genome = Genome(tuple(i != 2 for i in range(n)), (space.snap_attn(0.5),) * n, (space.snap_mlp(0.4),) * n)
         scores.append(Scorer(model, adapter, space, imp, tiny_batches, "phi", probes, base, micro_batch=2).score(genome)[0])
     assert abs(scores[0] - scores[1]) < 1e-5
+
+
+def test_scorer_halves_the_micro_batch_after_out_of_memory(tiny_batches, monkeypatch):
+    """An out-of-memory error lowers the micro-batch and scores the candidate again (kept for later ones)."""
+    model = make_tiny("llama-gqa")
+    adapter = get_adapter(model)
+    space = SearchSpace(adapter.shape(), min_layers=1)
+    imp = compute_importance(model, adapter, tiny_batches)
+    scorer = Scorer(model, adapter, space, imp, tiny_batches, "kl", micro_batch=4)
+    expected = scorer.score(Genome.full(space.shape.num_layers))[0]
+    original, seen = type(scorer.method).measure, []
+
+    def measure(self, sc, genome):  # a device that holds one sequence at a time
+        seen.append(sc.micro_batch)
+        if sc.micro_batch > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, sc, genome)
+
+    monkeypatch.setattr(type(scorer.method), "measure", measure)
+    value, _ = scorer.score(Genome.full(space.shape.num_layers))
+    assert seen == [4, 2, 1] and scorer.micro_batch == 1
+    assert abs(value - expected) < 1e-6

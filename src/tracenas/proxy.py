@@ -432,7 +432,7 @@ class Scorer:
         while True:
             try:
                 return self.method.measure(self, genome)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, also on builds without CUDA
                 if self.micro_batch <= 1:
                     raise
                 self.micro_batch = max(1, self.micro_batch // 2)
