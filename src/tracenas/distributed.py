@@ -73,15 +73,21 @@ class Dist:
         return box[0]
 
     def run_on_main(self, fn: Callable[[], R]) -> R:
-        """`fn()` on rank 0 only (reading or writing the run directory); its result, or the `TracenasError`
-        it raised, on every rank (so an error stops all ranks, not only the one that saw it)."""
-        result, error = None, None
+        """`fn()` on rank 0 only (reading or writing the run directory, the anchor pass); its result on every
+        rank. If it raises, every rank raises (the same `TracenasError`, or `RankFailed` naming another
+        error), so no rank is left waiting for a result that never comes."""
+        if self.world == 1:
+            return fn()
+        result, error, own = None, None, None
         if self.is_main:
             try:
                 result = fn()
-            except TracenasError as err:
-                error = err
+            except Exception as err:  # noqa: BLE001 - told to the other ranks, then raised again below
+                own = err
+                error = err if isinstance(err, TracenasError) else RankFailed(f"rank 0 failed: {type(err).__name__}: {err}")
         result, error = self.broadcast((result, error))
+        if own is not None:
+            raise own
         if error is not None:
             raise error
         return result

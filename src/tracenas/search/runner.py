@@ -263,25 +263,33 @@ class SearchRecipe:
         probes = None
         anchor_path = out / ANCHOR
         needs_probes = get_proxy(cfg.proxy).method.needs_probes
-        importance, base = None, None
-        if self.main:
+        holder: dict[str, TraceProbes] = {}
+
+        def anchor() -> tuple[Importance, dict | None]:
+            """Rank 0: importance and base traces (or the saved anchor on resume), saved to the run directory."""
+            base = None
             if resuming and anchor_path.exists():
                 importance, base = load_anchor(anchor_path)
                 base = {k: v.to(device) for k, v in base.items()} or None
             else:
                 log.info("importance pass over %d x %d calibration tokens", *batches.shape)
                 importance = compute_importance(model, adapter, batches, micro_batch=cfg.micro_batch)
-        if needs_probes:
-            probes = TraceProbes(model, adapter, rank=cfg.rank, seed=cfg.seed)
-        if self.main:
-            if needs_probes and base is None:
-                log.info("base gradient traces (rank %d)", cfg.rank)
-                base, base_loss = probes.trace(batches, cfg.micro_batch, cfg.loss_chunk)
-                log.info("base calibration loss %.4f", base_loss)
+            if needs_probes:
+                holder["probes"] = TraceProbes(model, adapter, rank=cfg.rank, seed=cfg.seed)
+                if base is None:
+                    log.info("base gradient traces (rank %d)", cfg.rank)
+                    base, base_loss = holder["probes"].trace(batches, cfg.micro_batch, cfg.loss_chunk)
+                    log.info("base calibration loss %.4f", base_loss)
             _save_anchor(anchor_path, importance, base)
-        if self.dist.world > 1:  # one anchor for all ranks: rank 0's, so every rank scores against the same base
-            importance, base = self.dist.broadcast(_anchor_to_cpu(importance, base))
-            base = {k: v.to(device) for k, v in base.items()} if base is not None else None
+            # several ranks: CPU tensors travel (a pickled CUDA tensor would land on rank 0's GPU)
+            return _anchor_to_cpu(importance, base) if self.dist.world > 1 else (importance, base)
+
+        # one anchor for all ranks: rank 0's, so every rank scores against the same base
+        importance, base = self.dist.run_on_main(anchor)
+        if self.dist.world > 1 and base is not None:
+            base = {k: v.to(device) for k, v in base.items()}
+        if needs_probes:
+            probes = holder.get("probes") or TraceProbes(model, adapter, rank=cfg.rank, seed=cfg.seed)
         scorer = Scorer(model, adapter, space, importance, batches, cfg.proxy, probes, base,
                         micro_batch=cfg.micro_batch, loss_chunk=cfg.loss_chunk, score_on=cfg.score_on)
         self.importance, self.probes, self.scorer = importance, probes, scorer
