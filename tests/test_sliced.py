@@ -136,3 +136,18 @@ def test_the_sliced_pass_costs_what_the_candidate_keeps(tiny_batches):
         sliced(model, adapter, sel))
     assert under_masks == dense
     assert on_slices < 0.75 * dense
+
+
+@pytest.mark.parametrize("kind", ["qwen3-gqa", "mistral-gqa"])
+def test_other_families_score_the_same_sliced(kind, tiny_batches):
+    model = make_tiny(kind)
+    adapter = get_adapter(model)
+    space = SearchSpace(adapter.shape(), min_layers=1)
+    imp = compute_importance(model, adapter, tiny_batches)
+    probes = TraceProbes(model, adapter, rank=8)
+    base, _ = probes.trace(tiny_batches, micro_batch=2)
+    genome = _candidate(space, space.shape.num_layers)
+    for proxy in ("phi", "kl"):
+        m, s = (Scorer(model, adapter, space, imp, tiny_batches, proxy, probes, base, micro_batch=2, score_on=on)
+                .score(genome)[0] for on in ("masked", "sliced"))
+        assert s == pytest.approx(m, rel=1e-5, abs=1e-6), (kind, proxy)

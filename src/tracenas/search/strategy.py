@@ -15,6 +15,11 @@ after any scored candidate resumes exactly; a strategy that overrides `step` sho
 Reusable operators (budget repair, importance anchors, fresh draws) live in `operators` and are held,
 not inherited. Pure Python + numpy: no torch or transformers.
 
+Scoring goes through `score_batch(genomes)` (all of a pass's new genomes at once), which the runner backs
+with `tracenas.distributed.map_ranks`: under `torchrun` the genomes are split over the ranks and every rank
+gets every score in order, so a strategy that scores through `evaluate` or `score_batch` is distributed for
+free and its state stays identical on all ranks.
+
 A strategy that needs more than one scoring pass per generation (DarwinLM's multistep selection:
 score many offspring cheaply, fine-tune and re-score the survivors on more tokens) overrides `step`
 and calls `evaluate` per pass; one that keeps more state (Týr's round, a level database) extends
