@@ -31,15 +31,22 @@ from tracenas.masking import compute_importance  # noqa: E402
 from tracenas.models import get_adapter  # noqa: E402
 from tracenas.proxy import Scorer, TraceProbes  # noqa: E402
 from tracenas.search.operators import BudgetRepair  # noqa: E402
+from tracenas.sliced import compile_blocks  # noqa: E402
 
 
 def genomes(space: SearchSpace, count: int, fraction: float, seed: int = 0) -> list[Genome]:
-    rng, repair, out = np.random.default_rng(seed), BudgetRepair(space, int(space.base_params() * fraction), 0.05), []
+    """`count` distinct random genomes at `fraction` of the block parameters (embeddings left out of the budget:
+    with a few blocks of a large-vocabulary shape they alone exceed any fraction of the total)."""
+    rng, repair, out = np.random.default_rng(seed), BudgetRepair(space, int(space.base_cost() * fraction), 0.05), []
     n = space.shape.num_layers
-    while len(out) < count:
+    for _ in range(1000 * count):
+        if len(out) == count:
+            break
         g = repair(Genome((True,) * n, tuple(rng.uniform(0.2, 1, n)), tuple(rng.uniform(0.2, 1, n))))
         if g is not None and g.key() not in {x.key() for x in out}:
             out.append(g)
+    if len(out) < count:
+        raise SystemExit(f"could not draw {count} distinct genomes at {fraction} of the block parameters")
     return out
 
 
@@ -53,13 +60,12 @@ def run(args, compiled: bool, device, dtype) -> list[tuple[float, int]]:
         SHAPES["_check"] = {**spec, "num_hidden_layers": args.layers}
     model = build("_check" if args.layers else args.shape, device, dtype, "sdpa")
     adapter = get_adapter(model)
-    space = SearchSpace(adapter.shape(), min_layers=1)
+    space = SearchSpace(adapter.shape(), min_layers=1, include_embeddings=False)
     batches = torch.randint(0, space.shape.vocab_size, (args.num_sequences, args.seq_len),
                             generator=torch.Generator().manual_seed(0))
     imp = compute_importance(model, adapter, batches[:1])
     if compiled:
-        for layer in adapter.layers():
-            layer.compile()
+        compile_blocks(adapter, backend=args.backend)
     probes = TraceProbes(model, adapter, rank=args.rank)
     base, _ = probes.trace(batches, args.micro_batch)
     scorer = Scorer(model, adapter, space, imp, batches, args.proxy, probes, base, micro_batch=args.micro_batch)
@@ -87,6 +93,8 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--backend", default="inductor", help="torch.compile backend; 'eager' counts dynamo's graphs "
+                    "(recompilations) without code generation, fast on a CPU")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -94,6 +102,7 @@ def main() -> int:
     eager = run(args, False, device, dtype)
     comp = run(args, True, device, dtype)
     print(f"# {args.shape} ({args.layers or 'all'} blocks), {device}, {str(dtype).replace('torch.', '')}, "
+          f"backend {args.backend}, "
           f"{args.num_sequences}x{args.seq_len}, proxy {args.proxy}, {args.candidates} candidates; random weights")
     print("candidate  eager s  compiled s  graphs compiled so far")
     for i, ((e, _), (c, graphs)) in enumerate(zip(eager, comp)):

@@ -35,6 +35,7 @@ from tracenas.masking import compute_importance
 from tracenas.models import get_adapter
 from tracenas.proxy import Scorer, TraceProbes
 from tracenas.search.operators import BudgetRepair
+from tracenas.sliced import compile_blocks
 
 # Published configs (the fields that set the compute; rope scaling and the like do not change the cost).
 SHAPES: dict[str, dict] = {
@@ -150,8 +151,7 @@ def run_shape(name: str, args, device: torch.device, dtype: torch.dtype) -> list
     batches = torch.randint(0, space.shape.vocab_size, (args.num_sequences, args.seq_len), generator=g)
     importance = compute_importance(model, adapter, batches[:1, : min(args.seq_len, 512)])
     if args.compile:
-        for layer in adapter.layers():
-            layer.compile()
+        compile_blocks(adapter)
     rows = []
     for proxy in args.proxies:
         probes = base = None

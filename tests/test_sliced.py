@@ -151,3 +151,28 @@ def test_other_families_score_the_same_sliced(kind, tiny_batches):
         m, s = (Scorer(model, adapter, space, imp, tiny_batches, proxy, probes, base, micro_batch=2, score_on=on)
                 .score(genome)[0] for on in ("masked", "sliced"))
         assert s == pytest.approx(m, rel=1e-5, abs=1e-6), (kind, proxy)
+
+
+def test_compiled_blocks_score_sliced_candidates_like_eager_ones(tiny_batches):
+    """`compile_blocks` (dynamo, eager backend: no code generation) scores sliced candidates as eager blocks do."""
+    import torch._dynamo
+
+    from tracenas.sliced import compile_blocks
+
+    scores = []
+    try:
+        for compiled in (False, True):
+            model = make_tiny("llama-gqa", num_layers=2)
+            adapter = get_adapter(model)
+            space = SearchSpace(adapter.shape(), min_layers=1)
+            imp = compute_importance(model, adapter, tiny_batches)
+            if compiled:
+                compile_blocks(adapter, backend="eager")
+            probes = TraceProbes(model, adapter, rank=8)
+            base, _ = probes.trace(tiny_batches, micro_batch=2)
+            scorer = Scorer(model, adapter, space, imp, tiny_batches, "phi", probes, base, micro_batch=2)
+            scores.append([scorer.score(Genome((True, True), (space.snap_attn(a),) * 2, (space.snap_mlp(m),) * 2))[0]
+                           for a, m in ((0.34, 0.34), (0.67, 0.5), (1.0, 0.67))])
+    finally:
+        torch._dynamo.reset()
+    assert scores[1] == pytest.approx(scores[0], rel=1e-5, abs=1e-6)

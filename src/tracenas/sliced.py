@@ -79,6 +79,27 @@ def take(lin: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -
     return new
 
 
+def compile_blocks(adapter: ModelAdapter, recompile_limit: int = 64, **options) -> None:
+    """`torch.compile` every decoder block, set up for sliced candidates (`--compile`).
+
+    Every block runs the same `forward` code, so dynamo keeps one cache for all of them, and by default it
+    specialises on parameter shapes: each new width is a new graph, and after `recompile_limit` graphs
+    (torch's default: 8, reached within a few candidates) dynamo silently runs eager. Here parameter shapes
+    are dynamic and the limit is raised. Measured (benchmarks/compile_check.py, SmolLM2 shape, 4 blocks):
+    dynamo still compiles 3-4 new graphs per candidate (guards on head counts per KV group and on size
+    relations), so with sliced scoring compiling is not yet worth it (docs/scale.md); with `--score-on
+    masked` shapes never change and the blocks compile once.
+    """
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.force_parameter_static_shapes = False
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), recompile_limit))
+    for layer in adapter.layers():
+        layer.compile(**options)
+
+
 @dataclass
 class SlicedView:
     """What `sliced` changed: the kept (rows, columns) and the live sliced module of every kept projection."""
@@ -132,4 +153,4 @@ def sliced(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelecti
             layers[i] = layer
 
 
-__all__ = ["Kept", "SlicedView", "can_slice", "kept_indices", "sliced", "take"]
+__all__ = ["Kept", "SlicedView", "can_slice", "compile_blocks", "kept_indices", "sliced", "take"]

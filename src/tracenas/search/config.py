@@ -77,8 +77,8 @@ class SearchConfig:
     score_on: str = opt("sliced", "score each candidate on a physically sliced copy of its kept weights (compute "
                                   "scales with what it keeps) or under masks on the dense model (the reference; "
                                   "same scores up to float rounding)", choices=("sliced", "masked"))
-    compile: bool = opt(False, "torch.compile each decoder block (GPU; sliced shapes recompile per new width: "
-                               "pays off only for long searches, docs/scale.md)")
+    compile: bool = opt(False, "torch.compile each decoder block (GPU). Sliced candidates still recompile 3-4 graphs "
+                               "per candidate, so it pays only with --score-on masked (docs/scale.md)")
     activation_checkpointing: bool = opt(False, "recompute each block's activations in backward (gradient proxies): "
                                                 "about 1.5x the trace's compute, activation memory of one block "
                                                 "instead of all (an 8B/14B search on one 80 GB GPU, docs/scale.md)")

@@ -229,9 +229,10 @@ class SearchRecipe:
             from tracenas.memory import checkpoint_blocks
 
             checkpoint_blocks(self.adapter)
-        if self.cfg.compile:  # per block: a new sliced width recompiles that block only (docs/scale.md)
-            for layer in self.adapter.layers():
-                layer.compile()
+        if self.cfg.compile:  # dynamic parameter shapes and a higher recompile limit (docs/scale.md)
+            from tracenas.sliced import compile_blocks
+
+            compile_blocks(self.adapter)
 
     def _setup_space(self) -> None:
         """Search space, budget and `min_layers` (resolved from the model); saves search.yaml on a new run."""
