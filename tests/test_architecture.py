@@ -119,11 +119,11 @@ def test_the_proxy_registry_imports_no_scoring_module():
 
 # The layers of docs/architecture.md, bottom first; a module may import only from its own layer or below.
 LAYERS = [
-    ("shared", ("errors", "config", "budget", "device", "lazy", "logs", "rundir", "losses", "data", "tasks", "proxy_registry", "llamacpp",
-                "search.registry", "bench_config", "eval_config")),
+    ("shared", ("errors", "config", "budget", "device", "lazy", "logs", "rundir", "losses", "data", "tasks", "proxy_registry",
+                "llamacpp", "search.registry", "bench_config", "eval_config", "distributed")),
     ("models", ("models",)),
     ("arch", ("arch",)),
-    ("masking", ("masking", "reconstruct", "database")),
+    ("masking", ("masking", "reconstruct", "database", "sliced", "memory")),
     ("proxies", ("proxy", "zero_cost")),
     ("strategies", ("search.strategy", "search.operators", "search.evolution", "search.strategies", "search.state",
                     "search.config", "search.darwinlm", "search")),

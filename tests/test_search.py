@@ -314,7 +314,10 @@ def test_dry_run_plan_counts_equal_the_search_space(tmp_path, kind, num_layers, 
     assert plan.shape_params() == space.base_params() == sum(p.numel() for p in model.parameters())
     assert plan.space_size == _distinct_architectures(space)
     assert plan.candidates == 5 + (3 - 1) * (5 - 2) and plan.tokens_per_candidate == 2 * 32
-    assert not plan.backward and plan.flops_per_candidate == 2 * space.base_params() * 64  # kl: forward only
+    assert not plan.backward and plan.flops_per_candidate == 2 * plan.budget * 64  # kl: forward only, sliced
+    masked = plan_search(SearchConfig(model=str(model_dir), out=str(tmp_path / "never"), score_on="masked",
+                                      **{**TINY, "min_layers": min_layers}))
+    assert masked.flops_per_candidate == 2 * space.base_params() * 64  # under masks: the full model
 
 
 def test_dry_run_cli_prints_the_plan_and_writes_nothing(tiny_model_dir, tmp_path, capsys):

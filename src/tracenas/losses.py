@@ -4,10 +4,18 @@ distillation), evaluation's perplexity and the forward-only proxies' statistics.
 
     loss = next_token_loss(hidden, targets, head, chunk=1024)      # mean cross-entropy, hidden [B, T, H]
     totals = chunked_sum(fn, 1024, hidden, targets)                 # any per-chunk sums, e.g. (NLL, KL)
+
+The cross-entropy goes through torch's fused, chunked `F.linear_cross_entropy` where torch has it (>= 2.13):
+it computes the input gradient chunk by chunk during the forward, so unlike the checkpointed fallback it
+never recomputes the output layer in backward (2x faster on CPU at SmolLM2's head, benchmarks/scale.py
+prints it). Older torch, or `TRACENAS_CE=chunked` in the environment (or `set_ce_impl("chunked")`), use the
+fallback: `ce_sum` over chunks of positions, checkpointed when a gradient flows. Both give the same loss and
+gradients up to float rounding (tests/test_losses.py).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -16,6 +24,34 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 Sums = tuple[torch.Tensor, ...]
+CE_IMPLS = ("auto", "fused", "chunked")
+_ce_impl = os.environ.get("TRACENAS_CE", "auto")
+
+
+def fused_ce_available() -> bool:
+    """Whether this torch has the chunked `F.linear_cross_entropy` (torch >= 2.13)."""
+    return hasattr(F, "linear_cross_entropy") and hasattr(nn, "LinearCrossEntropyOptions")
+
+
+def set_ce_impl(impl: str) -> str:
+    """Choose the cross-entropy of `next_token_loss` for this process: auto (fused where available), fused or
+    chunked. Returns the previous choice."""
+    global _ce_impl
+    if impl not in CE_IMPLS:
+        raise ValueError(f"unknown cross-entropy implementation {impl!r}; choose from {', '.join(CE_IMPLS)}")
+    if impl == "fused" and not fused_ce_available():
+        raise ValueError("fused cross-entropy needs torch >= 2.13 (F.linear_cross_entropy)")
+    previous, _ce_impl = _ce_impl, impl
+    return previous
+
+
+def ce_impl() -> str:
+    """The cross-entropy `next_token_loss` uses now: "fused" or "chunked"."""
+    if _ce_impl not in CE_IMPLS:
+        raise ValueError(f"TRACENAS_CE={_ce_impl!r}; choose from {', '.join(CE_IMPLS)}")
+    if _ce_impl == "auto":
+        return "fused" if fused_ce_available() else "chunked"
+    return _ce_impl
 
 
 def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,8 +90,16 @@ def next_token_loss(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module
                     recompute: bool | None = None) -> torch.Tensor:
     """Mean cross-entropy of `hidden` [B, T, H] against `targets` [B, T] through `head` (an `nn.Linear`).
 
-    `recompute` defaults to whether `hidden` carries a gradient: then each chunk is checkpointed.
+    Fused (`ce_impl()`): `F.linear_cross_entropy` over chunks of `chunk x B` rows, as many logits at a time as
+    the fallback holds. Fallback: `recompute` defaults to whether `hidden` carries a gradient: then each chunk
+    is checkpointed.
     """
+    if ce_impl() == "fused":
+        rows = hidden.reshape(-1, hidden.shape[-1]).to(head.weight.dtype)  # not an autocast op: one dtype
+        options = nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=max(1, chunk * hidden.shape[0]))
+        total = F.linear_cross_entropy(rows, head.weight, targets.reshape(-1), linear_bias=head.bias,
+                                       reduction="sum", options=options)
+        return total.float() / targets.numel()
     if recompute is None:
         recompute = hidden.requires_grad
     (total,) = chunked_sum(lambda h, t: ce_sum(h, t, head.weight, head.bias), chunk, hidden, targets,
@@ -63,4 +107,5 @@ def next_token_loss(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module
     return total / targets.numel()
 
 
-__all__ = ["ce_sum", "chunked_sum", "head_logits", "next_token_loss"]
+__all__ = ["CE_IMPLS", "ce_impl", "ce_sum", "chunked_sum", "fused_ce_available", "head_logits", "next_token_loss",
+           "set_ce_impl"]

@@ -3,12 +3,18 @@
     probes = TraceProbes(model, adapter, rank=64, seed=0)       # y = Wx + B(Ax), A fixed, B = 0
     base = probes.trace(batches)                                # g_base, once
     scorer = Scorer(model, adapter, space, importance, batches, "phi", probes, base)
-    phi, info = scorer.score(genome)                            # masks applied in place and restored
+    phi, info = scorer.score(genome)                            # on the sliced candidate (or under masks)
 
 A trace is the gradient of the calibration loss w.r.t. every probe's B, averaged over the calibration
 batches: `dL/dB = G (A x)ᵀ`, the full weight gradient projected on A. A's own gradient is zero at B = 0
 and is never part of a trace. Φ = Σ over kept blocks of r_attn·ρ_attn + r_mlp·ρ_mlp, where ρ is the
 Pearson correlation of the concatenated (q,k,v,o) or (gate,up,down) traces of candidate vs base.
+
+A candidate is scored on its physically sliced blocks (`tracenas.sliced`, `Scorer(score_on="sliced")`, the
+default) when its method supports it (the trace proxies, kl, ppl, naswot), so it costs what it keeps; else,
+and with `score_on="masked"`, under masks on the dense model. Both give the same numbers up to float
+rounding: for the traces, the probes' `A` is sliced to the kept input columns and the gradients of the
+kept rows land in the dense-shaped `B.grad`, whose pruned rows stay exactly zero, as under masks.
 
 Every proxy is a `ProxyMethod` behind an entry of `tracenas.proxy_registry` (name, help, the pass it
 needs); `Scorer` and the validator dispatch through those objects. This module holds the trace proxies,
@@ -20,6 +26,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,6 +39,7 @@ from tracenas.losses import next_token_loss
 from tracenas.masking import Importance, LayerSelection, head_rows, masked, select
 from tracenas.models.adapter import ATTN_PROJ, MLP_PROJ, ModelAdapter
 from tracenas.proxy_registry import Proxy, get_proxy, proxy_names, register
+from tracenas.sliced import SlicedView, can_slice, sliced
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,30 @@ class TraceProbes:
             if mask is not None:
                 x = x * mask
             return output + (x @ self.A[key].T) @ self.B[key].T
+        return hook
+
+    @contextmanager
+    def attached(self, view: SlicedView) -> Iterator[None]:
+        """Probe the sliced projections of `view` for the block: `A` restricted to the kept input columns, the
+        kept rows of `B`, so `B.grad` gets the kept rows' gradients and exact zeros elsewhere (as under masks)."""
+        handles = []
+        try:
+            for key, lin in view.modules.items():
+                rows, cols = view.kept[key]
+                a = self.A[key] if cols is None else self.A[key].index_select(1, cols.to(self.A[key].device))
+                rows = None if rows is None else rows.to(self.B[key].device)
+                handles.append(lin.register_forward_hook(self._sliced_hook(key, a, rows)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _sliced_hook(self, key, a: torch.Tensor, rows: torch.Tensor | None):
+        b_full = self.B[key]
+
+        def hook(_mod, args, output):
+            b = b_full if rows is None else b_full.index_select(0, rows)
+            return output + (args[0] @ a.T) @ b.T
         return hook
 
     def remove(self) -> None:
@@ -211,24 +244,37 @@ class ProxyMethod:
 
     needs_probes = False  # Scorer must be given TraceProbes (the search builds them for these)
     needs_base = False  # ... and the base model's traces
+    # its pass is the same on the physically sliced candidate (tracenas.sliced) as under masks; methods that
+    # read the dense shapes or the zeroed weights themselves (a user's fn, SynFlow, ZiCo's own probes) keep masks
+    supports_sliced = False
 
     def prepare(self, scorer: Scorer) -> None:
         """Run once on the unmasked model when a Scorer is built (e.g. `kl` caches the base outputs)."""
 
     def measure(self, scorer: Scorer, genome: Genome) -> tuple[float, dict]:
-        """(score, info) of `genome` alone; by default under the candidate's masks, restored afterwards."""
+        """(score, info) of `genome` alone: on its sliced blocks when the method and `scorer.score_on` allow,
+        else under the candidate's masks; the model is restored afterwards either way."""
         selection = select(scorer.space, genome, scorer.importance)
+        if scorer.score_on == "sliced" and self.supports_sliced and can_slice(scorer.space.shape, selection):
+            with sliced(scorer.model, scorer.adapter, selection, scorer.space.shape) as view:
+                return self.measure_sliced(scorer, genome, selection, view)
         with masked(scorer.model, scorer.adapter, selection):
             return self.measure_masked(scorer, genome, selection)
 
     def measure_masked(self, scorer: Scorer, genome: Genome, selection: list[LayerSelection]) -> tuple[float, dict]:
         raise NotImplementedError
 
+    def measure_sliced(self, scorer: Scorer, genome: Genome, selection: list[LayerSelection],
+                       view: SlicedView) -> tuple[float, dict]:
+        """The pass on the sliced model; by default the masked one (a pass that reads only the model's outputs)."""
+        return self.measure_masked(scorer, genome, selection)
+
 
 class TraceMethod(ProxyMethod):
     """A score of the candidate's LoRA-B traces (`from_traces`), measured alone with the Scorer's probes."""
 
     needs_probes = True
+    supports_sliced = True
 
     def from_traces(self, trace_pass: TracePass, genome: Genome) -> TraceScore:
         raise NotImplementedError
@@ -237,10 +283,18 @@ class TraceMethod(ProxyMethod):
         shape = scorer.space.shape
         scorer.probes.set_selection(selection, shape.head_dim, shape.num_heads)
         try:
-            active = {i for i, k in enumerate(genome.keep) if k}
-            traces, loss = scorer.probes.trace(scorer.batches, scorer.micro_batch, scorer.loss_chunk, active)
+            return self._score(scorer, genome)
         finally:
             scorer.probes.set_selection(None, shape.head_dim, shape.num_heads)
+
+    def measure_sliced(self, scorer: Scorer, genome: Genome, selection: list[LayerSelection],
+                       view: SlicedView) -> tuple[float, dict]:
+        with scorer.probes.attached(view):
+            return self._score(scorer, genome)
+
+    def _score(self, scorer: Scorer, genome: Genome) -> tuple[float, dict]:
+        active = {i for i, k in enumerate(genome.keep) if k}
+        traces, loss = scorer.probes.trace(scorer.batches, scorer.micro_batch, scorer.loss_chunk, active)
         if not (math.isfinite(loss) and all(torch.isfinite(t).all() for t in traces.values())):
             raise NonFiniteTraces(loss)
         ts = self.from_traces(TracePass(traces, scorer.base_traces), genome)
@@ -346,8 +400,11 @@ class Scorer:
     base_traces: Traces | None = None
     micro_batch: int = 1
     loss_chunk: int = 1024
+    score_on: str = "sliced"  # "sliced": on the candidate's kept weights where the method allows; "masked": masks
 
     def __post_init__(self) -> None:
+        if self.score_on not in ("sliced", "masked"):
+            raise ValueError(f"score_on must be 'sliced' or 'masked', not {self.score_on!r}")
         self.method: ProxyMethod = get_proxy(self.proxy).method  # read now: late registrations count
         if self.method.needs_probes and self.probes is None:
             raise ValueError(f"proxy {self.proxy!r} needs TraceProbes")
@@ -359,7 +416,7 @@ class Scorer:
         """Return (score, info). A non-finite loss or trace gives -inf with a warning."""
         t0 = time.perf_counter()
         try:
-            value, info = self.method.measure(self, genome)
+            value, info = self._measure_fitting(genome)
         except NonFiniteTraces as err:
             log.warning("non-finite loss or gradient for candidate %s: scored -inf", genome.key()[:40])
             return float("-inf"), {"loss": err.loss, "seconds": time.perf_counter() - t0}
@@ -368,6 +425,20 @@ class Scorer:
             log.warning("non-finite score for candidate %s: scored -inf", genome.key()[:40])
             value = float("-inf")
         return value, info
+
+
+    def _measure_fitting(self, genome: Genome) -> tuple[float, dict]:
+        """`method.measure`, halving `micro_batch` after an out-of-memory error until it fits (then keeping it)."""
+        while True:
+            try:
+                return self.method.measure(self, genome)
+            except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, also on builds without CUDA
+                if self.micro_batch <= 1:
+                    raise
+                self.micro_batch = max(1, self.micro_batch // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning("out of memory: micro-batch lowered to %d", self.micro_batch)
 
 
 def synflow(model: nn.Module, adapter: ModelAdapter, ids: torch.Tensor, genome: Genome) -> float:

@@ -348,7 +348,13 @@ def prepare_kl(scorer) -> None:
 
 
 class ForwardProxy(FunctionProxy):
-    """A statistic of one forward pass (`forward_stats`): alone through `fn`, or read from a shared pass."""
+    """A statistic of one forward pass (`forward_stats`): alone through `fn`, or read from a shared pass.
+
+    The pass reads only the model's outputs (and, for naswot, the gate outputs of the kept channels), so it
+    runs on the sliced candidate as well as under masks.
+    """
+
+    supports_sliced = True
 
     def __init__(self, fn, stat: str, negate: bool, prepare=None) -> None:
         super().__init__(fn, prepare)

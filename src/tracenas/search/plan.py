@@ -35,12 +35,15 @@ class SearchPlan:
     tokens_per_candidate: int
     backward: bool  # the proxy needs gradients (forward + backward per candidate)
     cost_note: str | None = None  # a strategy's own account of its cost (darwinlm: fine-tuning and scoring tokens)
+    scored_params: int | None = None  # parameters one candidate's pass runs through (None: the full model's)
 
     @property
     def flops_per_candidate(self) -> int:
-        """Estimate: 2 x parameters x tokens for a forward pass, x3 with the backward pass. Candidates are
-        scored under masks on the full model, so the full model's parameters count."""
-        return 2 * self.shape_params() * self.tokens_per_candidate * (3 if self.backward else 1)
+        """Estimate: 2 x parameters x tokens for a forward pass, x3 with the backward pass. Candidates scored on
+        their sliced blocks (`--score-on sliced`, a parameter budget) run through at most the budget's
+        parameters; under masks, through the full model's."""
+        params = self.scored_params if self.scored_params is not None else self.shape_params()
+        return 2 * params * self.tokens_per_candidate * (3 if self.backward else 1)
 
     def shape_params(self) -> int:
         s = self.shape
@@ -72,7 +75,8 @@ class SearchPlan:
         lines += [
             f"cost per candidate: {self.tokens_per_candidate:,} tokens "
             + ("forward + backward" if self.backward else "forward only")
-            + f", about {self.flops_per_candidate:.2e} FLOPs (estimate: 2 x params x tokens"
+            + f", about {self.flops_per_candidate:.2e} FLOPs (estimate: 2 x "
+            + ("the budget's params" if self.scored_params is not None else "params") + " x tokens"
             + (" x 3 with the backward pass" if self.backward else "") + "; not a measured time)",
             "nothing was scored or written (dry run)",
         ]
@@ -144,7 +148,9 @@ def plan_search(cfg: SearchConfig) -> SearchPlan:
                       include_embeddings=cfg.include_embeddings, candidates=strategy.planned_candidates(),
                       tokens_per_candidate=cfg.num_sequences * cfg.seq_len,
                       backward=get_proxy(cfg.proxy).method.needs_probes,
-                      cost_note=strategy.plan_note() if hasattr(strategy, "plan_note") else None)
+                      cost_note=strategy.plan_note() if hasattr(strategy, "plan_note") else None,
+                      scored_params=budget + (0 if cfg.include_embeddings else shape.embedding_params)
+                      if cfg.score_on == "sliced" and space.metric.kind == "params" else None)
 
 
 __all__ = ["SearchPlan", "block_params", "format_size", "mlp_points", "plan_search", "space_size"]

@@ -12,6 +12,10 @@ Run directory:
     search/anchor.safetensors   importance and base traces (reused by --resume)
     search/timings.jsonl   seconds per candidate    search/summary.json  cost of the search
     search/progress.png    best/mean score per generation; search/arch.png  per-layer retention
+
+Under `torchrun --nproc-per-node N -m tracenas search ...` every generation's new candidates are split
+over the ranks (`tracenas.distributed.map_ranks`) and the scores all-gathered, so every rank holds the
+same state; only rank 0 reads or writes the run directory (resume: rank 0 reads it and broadcasts).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +37,7 @@ import yaml
 from tracenas.arch import ArchFile, Genome, SearchSpace, format_count
 from tracenas.config import atomic_write_json, atomic_write_text, save_config
 from tracenas.device import resolve_device, resolve_dtype, using_threads
+from tracenas.distributed import Dist, init_dist, map_ranks, rank_device
 from tracenas.errors import RunDirError, TracenasError
 from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard
@@ -163,17 +169,36 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
         if rank > 0:
             out, progress = out / RANKS / f"rank-{rank}", False
     resuming = cfg.resume
-    if resuming:
-        cfg = resume_config(cfg, out)
-    else:
-        cfg = cfg.resolved()
-        _prepare_out(cfg, out)
-    if model is None:
-        resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
-    data_mod.check_source(cfg.data)
-    with RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0):
-        recipe = recipe_cls(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
-        return recipe.run()
+    if getattr(recipe_cls, "distributed", False):
+        # a recipe with its own rank handling (darwinlm: search.rank_split); ranks > 0 write into OUT/.ranks
+        if resuming:
+            cfg = resume_config(cfg, out)
+        else:
+            cfg = cfg.resolved()
+            _prepare_out(cfg, out)
+        if model is None:
+            resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
+        data_mod.check_source(cfg.data)
+        with RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0):
+            recipe = recipe_cls(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
+            return recipe.run()
+    dist = init_dist()
+    try:
+        if resuming:  # rank 0 reads the saved search; the other ranks get its resolved config
+            cfg = dist.run_on_main(lambda: resume_config(cfg, out))
+        else:
+            cfg = cfg.resolved()
+            dist.run_on_main(lambda: _prepare_out(cfg, out))
+        if model is None:
+            resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
+        data_mod.check_source(cfg.data)
+        guard = RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0) if dist.is_main else nullcontext()
+        with guard:
+            recipe = recipe_cls(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer,
+                                source=source, dist=dist)
+            return recipe.run()
+    finally:
+        dist.close()
 
 
 def recipe_class(strategy: str) -> "type[SearchRecipe]":
@@ -195,8 +220,10 @@ class SearchRecipe:
     """
 
     def __init__(self, cfg: SearchConfig, out: Path, resuming: bool, *, progress: bool = True, model=None,
-                 tokenizer=None, source=None) -> None:
-        self.cfg, self.out, self.resuming, self.progress = cfg, out, resuming, progress
+                 tokenizer=None, source=None, dist: Dist | None = None) -> None:
+        self.dist = dist or Dist()
+        self.main = self.dist.is_main  # only rank 0 writes the run directory
+        self.cfg, self.out, self.resuming, self.progress = cfg, out, resuming, progress and self.main
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.history = out / HISTORY
         self.timings = out / "search" / "timings.jsonl"
@@ -204,7 +231,7 @@ class SearchRecipe:
         self.bar = None
 
     def run(self) -> SearchResult:
-        with run_log(self.out, "search"), using_threads(self.cfg.threads):
+        with run_log(self.out, "search") if self.main else nullcontext(), using_threads(self.cfg.threads):
             self.t_start = time.perf_counter()
             self.setup()
             return self.finalize(self.search())
@@ -224,12 +251,20 @@ class SearchRecipe:
     def _setup_model(self) -> None:
         from tracenas.models import get_adapter, load_model
 
-        self.device = resolve_device(self.cfg.device)
+        self.device = rank_device(resolve_device(self.cfg.device), self.dist)
         self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         if self.model is None:
             self.model, self.tokenizer, self.source = load_model(self.cfg.model, dtype=self.dtype, device=self.device,
                                                                  tie_embeddings=self.cfg.tie_embeddings)
         self.adapter = get_adapter(self.model)
+        if self.cfg.activation_checkpointing:
+            from tracenas.memory import checkpoint_blocks
+
+            checkpoint_blocks(self.adapter)
+        if self.cfg.compile:  # dynamic parameter shapes and a higher recompile limit (docs/scale.md)
+            from tracenas.sliced import compile_blocks
+
+            compile_blocks(self.adapter)
 
     def _setup_space(self) -> None:
         """Search space, budget and `min_layers` (resolved from the model); saves search.yaml on a new run."""
@@ -239,7 +274,7 @@ class SearchRecipe:
                                  metric=cfg.budget_metric())
         self.budget = self.space.resolve_budget(cfg.budget_value())
         self.cfg = dataclasses.replace(cfg, min_layers=min_layers)
-        if not self.resuming:  # a resume writes search.yaml only once the saved state has loaded
+        if not self.resuming and self.main:  # a resume writes search.yaml only once the saved state has loaded
             save_config(self.out, "search", self.cfg)
         log.info("budget %s of %s %s (%s), %d blocks, min_layers=%d", format_count(self.budget),
                  format_count(self.space.base_cost()), self.space.metric.unit,
@@ -260,41 +295,65 @@ class SearchRecipe:
         torch.manual_seed(cfg.seed)
         probes = None
         anchor_path = out / ANCHOR
-        if resuming and anchor_path.exists():
-            importance, base = load_anchor(anchor_path)
-            base = {k: v.to(device) for k, v in base.items()} or None
-        else:
-            log.info("importance pass over %d x %d calibration tokens", *batches.shape)
-            importance = compute_importance(model, adapter, batches, micro_batch=cfg.micro_batch)
+        needs_probes = get_proxy(cfg.proxy).method.needs_probes
+        holder: dict[str, TraceProbes] = {}
+
+        def anchor() -> tuple[Importance, dict | None]:
+            """Rank 0: importance and base traces (or the saved anchor on resume), saved to the run directory."""
             base = None
-        if get_proxy(cfg.proxy).method.needs_probes:
-            probes = TraceProbes(model, adapter, rank=cfg.rank, seed=cfg.seed)
-            if base is None:
-                log.info("base gradient traces (rank %d)", cfg.rank)
-                base, base_loss = probes.trace(batches, cfg.micro_batch, cfg.loss_chunk)
-                log.info("base calibration loss %.4f", base_loss)
-        _save_anchor(anchor_path, importance, base)
+            if resuming and anchor_path.exists():
+                importance, base = load_anchor(anchor_path)
+                base = {k: v.to(device) for k, v in base.items()} or None
+            else:
+                log.info("importance pass over %d x %d calibration tokens", *batches.shape)
+                importance = compute_importance(model, adapter, batches, micro_batch=cfg.micro_batch)
+            if needs_probes:
+                holder["probes"] = TraceProbes(model, adapter, rank=cfg.rank, seed=cfg.seed)
+                if base is None:
+                    log.info("base gradient traces (rank %d)", cfg.rank)
+                    base, base_loss = holder["probes"].trace(batches, cfg.micro_batch, cfg.loss_chunk)
+                    log.info("base calibration loss %.4f", base_loss)
+            _save_anchor(anchor_path, importance, base)
+            # several ranks: CPU tensors travel (a pickled CUDA tensor would land on rank 0's GPU)
+            return _anchor_to_cpu(importance, base) if self.dist.world > 1 else (importance, base)
+
+        # one anchor for all ranks: rank 0's, so every rank scores against the same base
+        importance, base = self.dist.run_on_main(anchor)
+        if self.dist.world > 1 and base is not None:
+            base = {k: v.to(device) for k, v in base.items()}
+        if needs_probes:
+            probes = holder.get("probes") or TraceProbes(model, adapter, rank=cfg.rank, seed=cfg.seed)
         scorer = Scorer(model, adapter, space, importance, batches, cfg.proxy, probes, base,
-                        micro_batch=cfg.micro_batch, loss_chunk=cfg.loss_chunk)
+                        micro_batch=cfg.micro_batch, loss_chunk=cfg.loss_chunk, score_on=cfg.score_on)
         self.importance, self.probes, self.scorer = importance, probes, scorer
 
     def _setup_strategy(self) -> None:
         cls = strategy_class(self.cfg.strategy)
         self.strategy: SearchStrategy = cls(cls.config_from(self.cfg), self.space, self.budget, self.scorer.score,
-                                            prior=(self.importance.attn_prior(), self.importance.mlp_prior()))
+                                            prior=(self.importance.attn_prior(), self.importance.mlp_prior()),
+                                            score_batch=self.score_batch)
         self.strategy.on_scored, self.strategy.on_generation = self._on_scored, self._on_generation
 
+    def score_batch(self, genomes: list[Genome]):
+        """Scores of `genomes` in order (the strategy's `score_batch`): spread over the ranks of a torchrun job,
+        balanced by kept parameters (a sliced candidate costs what it keeps)."""
+        return map_ranks(self.scorer.score, genomes, self.dist, costs=[self.space.params(g) for g in genomes])
+
     def resume(self) -> None:
-        """Load search/state.json and drop history/timing records the saved state does not know."""
-        self.strategy.load_state_dict(json.loads((self.out / STATE).read_text()))
+        """Load search/state.json (rank 0 reads it, every rank loads it) and drop history/timing records the
+        saved state does not know."""
+        self.strategy.load_state_dict(self.dist.run_on_main(lambda: json.loads((self.out / STATE).read_text())))
         state = self.strategy.state
-        _truncate_jsonl(self.history, state.history_len)
-        _truncate_jsonl(self.timings, state.history_len, required=False)
-        save_config(self.out, "search", dataclasses.replace(self.cfg, resume=False))  # records an extended --iterations
+        if self.main:
+            _truncate_jsonl(self.history, state.history_len)
+            _truncate_jsonl(self.timings, state.history_len, required=False)
+            save_config(self.out, "search", dataclasses.replace(self.cfg, resume=False))  # records an extended --iterations
         pending = "" if state.pending is None else f", {len(state.pending)} proposed for generation {state.generation}"
         log.info("resuming after generation %d (%d candidates scored%s)", state.generation, state.history_len, pending)
 
     def _fresh_outputs(self) -> None:
+        if not self.main:
+            return
         for p in (self.history, self.timings):
             if p.exists():
                 p.unlink()
@@ -303,12 +362,14 @@ class SearchRecipe:
     def search(self) -> Candidate | None:
         """Run generations until the strategy is done; the best candidate ever scored."""
         self.bar = _progress(self.strategy.planned_candidates(), self.strategy.state.history_len, self.progress)
+        t0, done_before = time.perf_counter(), self.strategy.state.history_len
         try:
             while not self.strategy.done():
                 self.step()
         finally:  # also on an error, so that its message starts on a line of its own
             if self.bar is not None:
                 self.bar.close()
+        self.scoring = (time.perf_counter() - t0, self.strategy.state.history_len - done_before)
         if self.probes is not None:
             self.probes.remove()
         return self.strategy.best()
@@ -317,6 +378,8 @@ class SearchRecipe:
         self.strategy.step()
 
     def _on_scored(self, cand: Candidate, generation: int, info: dict) -> None:
+        if not self.main:
+            return
         state = self.strategy.state
         rec = {"index": state.history_len - 1, "generation": generation, "score": _f(cand.score),
                "params": cand.params, "loss": _f(info.get("loss")), "genome": cand.genome.to_dict()}
@@ -335,8 +398,9 @@ class SearchRecipe:
             self.bar.set_postfix(gen=generation, best=f"{best:.4f}", last=f"{cand.score:.4f}")
 
     def _on_generation(self, state: EvolutionState) -> None:
-        atomic_write_json(self.out / STATE, self.strategy.state_dict())
-        self._write_arch(self.strategy.best())
+        if self.main:
+            atomic_write_json(self.out / STATE, self.strategy.state_dict())
+            self._write_arch(self.strategy.best())
         log.info("generation %d/%d: best %.4f mean %.4f", state.generation, self.strategy.generations,
                  state.best_per_generation[-1], state.mean_per_generation[-1])
 
@@ -345,9 +409,11 @@ class SearchRecipe:
         """arch.json of the best candidate, search/summary.json, the plots."""
         if best is None:
             raise TracenasError("every candidate scored -inf (non-finite loss); see search.log")
-        self._write_arch(best)
         seconds = time.perf_counter() - self.t_start
         state = self.strategy.state
+        if not self.main:
+            return SearchResult(self.out, best, self.budget, self.space.base_params(), state.history_len, seconds)
+        self._write_arch(best)
         atomic_write_json(self.out / "search" / "summary.json", self._summary(seconds))
         try:
             from tracenas.report import plot_search
@@ -364,10 +430,18 @@ class SearchRecipe:
         return {"candidates_scored": state.history_len, "rejected_draws": state.rejected,
                 "calibration_tokens": int(self.batches.numel()), "wall_seconds_this_session": round(seconds, 2),
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "ranks": self.dist.world,
+                "score_on": getattr(getattr(self, "scorer", None), "score_on", None),
+                # the generations alone (no loading, no base pass): what candidates/s is measured on
+                "scoring_seconds_this_session": round(self.scoring[0], 3) if hasattr(self, "scoring") else None,
+                "candidates_this_session": self.scoring[1] if hasattr(self, "scoring") else None}
 
     def _write_arch(self, best: Candidate | None) -> None:
         _write_arch(self.out, self.cfg, self.space, self.importance, best, self.budget, self.source)
+
+
+def _anchor_to_cpu(importance: Importance, base: dict | None) -> tuple[Importance, dict | None]:
+    return importance, ({k: v.cpu() for k, v in base.items()} if base is not None else None)
 
 
 def _f(x):

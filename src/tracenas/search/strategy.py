@@ -15,6 +15,11 @@ after any scored candidate resumes exactly; a strategy that overrides `step` sho
 Reusable operators (budget repair, importance anchors, fresh draws) live in `operators` and are held,
 not inherited. Pure Python + numpy: no torch or transformers.
 
+Scoring goes through `score_batch(genomes)` (all of a pass's new genomes at once), which the runner backs
+with `tracenas.distributed.map_ranks`: under `torchrun` the genomes are split over the ranks and every rank
+gets every score in order, so a strategy that scores through `evaluate` or `score_batch` is distributed for
+free and its state stays identical on all ranks.
+
 A strategy that needs more than one scoring pass per generation (DarwinLM's multistep selection:
 score many offspring cheaply, fine-tune and re-score the survivors on more tokens) overrides `step`
 and calls `evaluate` per pass; one that keeps more state (Týr's round, a level database) extends
@@ -25,6 +30,7 @@ and calls `evaluate` per pass; one that keeps more state (Týr's round, a level 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -37,14 +43,19 @@ if TYPE_CHECKING:
     from tracenas.search.config import SearchConfig
 
 ScoreFn = Callable[[Genome], tuple[float, dict]]  # genome -> (score, info: loss, rho_attn, seconds, ...)
+# genomes -> their (score, info) in order, yielded as they become known (tracenas.distributed.map_ranks
+# spreads them over the ranks of a torchrun job; one process yields each as soon as it is scored)
+BatchScoreFn = Callable[[list[Genome]], Iterable[tuple[float, dict]]]
 
 
 class SearchStrategy(ABC):
     """Runs generations; `on_scored(candidate, generation, info)` and `on_generation(state)` are hooks."""
 
     def __init__(self, cfg: EvolutionConfig, space: Space, budget: int, score: ScoreFn,
-                 prior: Prior | None = None) -> None:
+                 prior: Prior | None = None, score_batch: BatchScoreFn | None = None) -> None:
         self.cfg, self.space, self.budget, self.score_fn = cfg, space, budget, score
+        # how `evaluate` scores the genomes it has not seen: by default one after another through `score`
+        self.score_batch: BatchScoreFn = score_batch or (lambda genomes: map(score, genomes))
         self.prior = prior
         self.rng = np.random.default_rng(cfg.seed)
         self.repair = BudgetRepair(space, budget, cfg.budget_tolerance)
@@ -92,22 +103,21 @@ class SearchStrategy(ABC):
         return self.repair.window
 
     def evaluate(self, genomes: list[Genome]) -> list[Candidate]:
-        """Score a batch through the score callback; known genomes come from the cache, new ones are
-        cached, counted in `state.history_len` and reported to `on_scored`."""
-        out = []
+        """Score a batch: known genomes come from the cache; the new ones (each once, in order) go to
+        `score_batch` together, so a distributed scorer can spread them over ranks. Each new one is cached,
+        counted in `state.history_len` and reported to `on_scored` as its score arrives, in order."""
+        new: dict[str, Genome] = {}
         for g in genomes:
             key = g.key()
-            if key in self.state.scores:
-                out.append(Candidate(g, self.state.scores[key], self.space.params(g)))
-                continue
-            value, info = self.score_fn(g)
+            if key not in self.state.scores and key not in new:
+                new[key] = g
+        for g, (value, info) in zip(new.values(), self.score_batch(list(new.values()))):
             cand = Candidate(g, float(value), self.space.params(g))
-            self.state.scores[key] = cand.score
+            self.state.scores[g.key()] = cand.score
             self.state.history_len += 1
             if self.on_scored:
                 self.on_scored(cand, self.state.generation, info)
-            out.append(cand)
-        return out
+        return [Candidate(g, self.state.scores[g.key()], self.space.params(g)) for g in genomes]
 
     def tell(self, candidates: list[Candidate]) -> None:
         """Record a scored generation as the population, its statistics and the RNG state."""

@@ -28,9 +28,7 @@ import copy
 import dataclasses
 import contextlib
 import logging
-import os
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -40,6 +38,7 @@ from torch import nn
 from tracenas.arch import SearchSpace, format_count
 from tracenas.logs import run_log
 from tracenas.config import atomic_write_json, save_config
+from tracenas.distributed import init_dist, rank_device
 from tracenas.errors import RunDirError
 from tracenas.masking import select
 from tracenas.validate.candidates import sample_candidates
@@ -51,24 +50,6 @@ from tracenas.validate.stats import _score_value
 from tracenas.validate.truth import ground_truth
 
 log = logging.getLogger("tracenas.validate")  # one logger for the package: log lines name it as before the split
-
-
-def _init_dist() -> tuple[int, int, bool]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("gloo", timeout=timedelta(hours=24))
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def proxy_names(cfg: ValidateConfig) -> list[str]:
@@ -97,20 +78,19 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
 
     cfg = cfg.resolved()
     out = Path(cfg.out)
-    rank, world, own_group = _init_dist()
+    dist = init_dist()
+    rank, world = dist.rank, dist.world
     t_start = time.perf_counter()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _check_resume(out, cfg)
         repair_tail(out / "candidates.jsonl")
-    _barrier(world)
+    dist.barrier()
     log_file = contextlib.ExitStack()
     log_file.enter_context(run_log(out, "validate" if rank == 0 else f"validate.rank{rank}"))
     log_file.enter_context(using_threads(cfg.threads))
     try:
-        device = resolve_device(cfg.device)
-        if device.type == "cuda" and world > 1 and device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        device = rank_device(resolve_device(cfg.device), dist)
         dtype = resolve_dtype(cfg.dtype, device)
         source = None
         if model is None:  # fp32: the ground truth slices these weights; the proxies get a `dtype` copy
@@ -134,22 +114,19 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
                  100 * cfg.budget_tolerance, len(names), cfg.seeds, rank, world)
         if not cfg.report_only:
             _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank, world, progress, dtype)
-        _barrier(world)
+        dist.barrier()
         summary = {}
         if rank == 0:
             summary = write_reports(out, cfg, candidates, names, model_name,
                                     extra={"budget_params": budget, "base_params": space.base_params(),
                                            "min_layers": min_layers, "world_size": world})
-        _barrier(world)
+        dist.barrier()
         seconds = time.perf_counter() - t_start
         log.info("validation done in %.0f s -> %s", seconds, out / "table.md")
         return ValidationResult(out, summary, len(candidates), seconds)
     finally:
         log_file.close()
-        if own_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        dist.close()
 
 
 def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank, world, progress,
