@@ -18,6 +18,8 @@ def test_run_produces_complete_directory_and_skips_finished_stages(tiny_model_di
                  "report.md"):
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
+    settings = json.loads((out / "model" / "reconstruction.json").read_text())["settings"]
+    assert (settings["inputs"], settings["importance"]) == ("dense", "obs")  # the default export re-solves
     assert "proxy: kl" in (out / "run.yaml").read_text()  # the quick preset's proxy, resolved and recorded
     assert json.loads((out / "arch.json").read_text())["proxy"] == "kl" and "proxy `kl`" in report
     assert "## Architecture" in report and "## Quality" in report and "## Speed" in report
@@ -51,6 +53,6 @@ def test_run_exports_with_reconstruction(tiny_model_dir, tmp_path):
 
 
 def test_run_refuses_obs_without_reconstruction(tmp_path, capsys):
-    assert main(["run", "--out", str(tmp_path / "x"), "--importance", "obs"]) == 2
-    assert "add --reconstruct" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "x"), "--reconstruct", "none", "--importance", "obs"]) == 2
+    assert "needs --reconstruct dense or sequential" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -77,10 +77,13 @@ class RunConfig:
     min_layers: int | None = opt(None, "minimum kept blocks (default: half)")
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
     # export
-    reconstruct: str | None = opt(None, "re-solve the kept weights at export (see `tracenas export --help`): "
-                                        "dense or sequential inputs; default: cut only", choices=["dense", "sequential"])
-    importance: str = opt("wanda", "which heads / channels the export keeps: wanda or obs (needs --reconstruct)",
-                          choices=["wanda", "obs"])
+    reconstruct: str = opt("dense", "re-solve the kept weights at export by least squares on calibration text (see "
+                                  "`tracenas export --help`): dense inputs (default: measured best after recovery, "
+                                  "docs/reconstruction.md), sequential, or none (cut only)",
+                           choices=["dense", "sequential", "none"])
+    importance: str | None = opt(None, "which heads / channels the export keeps: obs (default with --reconstruct) or "
+                                       "wanda (the search's ranking; the default with --reconstruct none)",
+                                 choices=["wanda", "obs"])
     # recovery
     recover_tokens: str | None = opt(None, preset_help("tokens", "recovery token budget, e.g. 200k", RECOVER_PRESETS))
     recover_seq_len: int | None = opt(None, preset_help("seq_len", "recovery sequence length", RECOVER_PRESETS))
@@ -110,11 +113,12 @@ def reconstruction_settings(cfg: RunConfig):
     disjoint from the eval split whatever the run's seed)."""
     from tracenas.reconstruct import ReconstructSettings
 
-    if cfg.reconstruct is None:
-        if cfg.importance != "wanda":
-            raise TracenasError("--importance obs chooses what to keep by reconstruction error: add --reconstruct")
+    if cfg.reconstruct in (None, "none"):
+        if cfg.importance == "obs":
+            raise TracenasError("--importance obs chooses what to keep by reconstruction error: it needs "
+                                "--reconstruct dense or sequential")
         return None
-    return ReconstructSettings(cfg.reconstruct, cfg.importance, data=cfg.data)
+    return ReconstructSettings(cfg.reconstruct, cfg.importance or "obs", data=cfg.data)
 
 
 def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
@@ -186,7 +190,10 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
             log.info("export: complete, skipped")
         else:
             t = time.perf_counter()
-            export_stage.export_run(out, model_spec=cfg.model, reconstruction=reconstruction_settings(cfg))
+            # a level-based search (darwinlm) takes its re-solved weights from its database, not from --reconstruct
+            from_database = "levels" in json.loads((out / "arch.json").read_text())
+            export_stage.export_run(out, model_spec=cfg.model,
+                                    reconstruction=None if from_database else reconstruction_settings(cfg))
             timings["export"] = time.perf_counter() - t
 
     rec_dir = out / "recover"
