@@ -1,65 +1,106 @@
-"""Print the table of `compare_strategies.sh` for one or more OUT_ROOTs (replicates, e.g. seeds).
+"""Print the strategy comparison of `compare_strategies.py` (markdown), from one or more OUT roots.
 
-    python benchmarks/compare_table.py runs/compare runs/compare-seed1
+    python benchmarks/compare_table.py runs/compare
+    python benchmarks/compare_table.py runs/compare runs/compare-gpu --json table.json
 
-One row per run directory whose search has finished (a subdirectory with run.yaml, arch.json and
-search/summary.json; stages still running show nan), then, with several roots,
-the mean recovered perplexity per (strategy, proxy) over the roots that have it.
+Reads every finished run directory OUT/b<budget>/s<seed>/<row> (arch.json, search/summary.json and its evals;
+`compare_strategies.collect`), so it also shows runs whose results.json was not yet written. One row per
+(root, budget, strategy row): means over seeds, with the spread (sample standard deviation, n >= 2) after
+"±". Columns: parameters, blocks kept, in-domain and out-of-domain perplexity zero-shot and after recovery,
+the local task's accuracy after recovery, candidate evaluations, tokens trained during the search and the
+search's wall time. Then, per budget, which row wins on zero-shot and on recovered in-domain perplexity,
+saying so where the two differ.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_strategies import ROWS, collect  # noqa: E402
+
+COLUMNS = ("zero_shot", "recovered", "zero_shot_ood", "recovered_ood", "task_recovered")
 
 
-def ppl(run: Path, name: str) -> float:
-    p = run / "eval" / name / "results.json"
-    return json.loads(p.read_text())["perplexity"]["ppl"] if p.exists() else float("nan")
-
-
-def rows(root: Path) -> list[dict]:
+def runs(root: Path) -> list[dict]:
     out = []
-    done = ("run.yaml", "arch.json", "search/summary.json")
-    for run in sorted(p for p in root.iterdir() if all((p / f).exists() for f in done)):
-        cfg = yaml.safe_load((run / "run.yaml").read_text())
-        arch = json.loads((run / "arch.json").read_text())
-        summary = json.loads((run / "search" / "summary.json").read_text())
-        proxy = arch["proxy"] if cfg["strategy"] != "uniform" else "-"
-        out.append(dict(run=run.name, strategy=cfg["strategy"], proxy=proxy, seed=cfg["seed"],
-                        params=arch["params"], kept=arch["num_layers_kept"], blocks=len(arch["layers"]),
-                        scored=summary["candidates_scored"], search_s=summary.get("wall_seconds_this_session"),
-                        zero_shot=ppl(run, "pruned"), recovered=ppl(run, "recovered"), base=ppl(run, "base")))
+    for run in sorted(root.glob("b*/s*/*")):
+        if not (run / "arch.json").is_file() or not (run / "search" / "summary.json").is_file():
+            continue
+        rec = collect(run)
+        rec.update(root=str(root), budget=run.parent.parent.name[1:], seed=int(run.parent.name[1:]), row=run.name)
+        out.append(rec)
     return out
 
 
-def main(roots: list[str]) -> None:
-    all_rows = []
-    for root in map(Path, roots):
-        rs = rows(root)
-        all_rows += rs
-        base = [r["base"] for r in rs if r["base"] == r["base"]]
-        print(f"\n{root}" + (f" (base model perplexity {base[0]:.2f})" if base else ""))
-        print("| run | strategy | proxy | seed | params | blocks kept | candidates | PPL zero-shot | PPL recovered |")
-        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-        for r in rs:
-            print(f"| {r['run']} | {r['strategy']} | {r['proxy']} | {r['seed']} | {r['params'] / 1e6:.2f}M | "
-                  f"{r['kept']}/{r['blocks']} | {r['scored']} | {r['zero_shot']:,.1f} | {r['recovered']:.2f} |")
-    if len(roots) > 1:
-        groups: dict[tuple, list[float]] = {}
-        for r in all_rows:
-            groups.setdefault((r["strategy"], r["proxy"]), []).append(r["recovered"])
-        print("\n| strategy | proxy | replicates | PPL recovered (each) | mean |")
-        print("|---|---|---:|---|---:|")
-        for (strategy, proxy), v in sorted(groups.items(), key=lambda kv: statistics.fmean(kv[1])):
-            print(f"| {strategy} | {proxy} | {len(v)} | {', '.join(f'{x:.2f}' for x in v)} | {statistics.fmean(v):.2f} |")
+def stat(values: list) -> tuple[float, float, int]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return math.nan, math.nan, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan), len(vals)
+
+
+def fmt(values: list, digits: int = 2) -> str:
+    mean, sd, n = stat(values)
+    if n == 0:
+        return "–"
+    return f"{mean:,.{digits}f}" + (f" ± {sd:,.{digits}f}" if n > 1 else "")
+
+
+def table(all_runs: list[dict]) -> tuple[str, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    order = {name: i for i, name in enumerate(ROWS)}
+    for r in all_runs:
+        groups.setdefault((r["root"], r["budget"], r["row"]), []).append(r)
+    lines, rows = [], []
+    head = ("| budget | row | export | seeds | params | blocks | PPL zero-shot | PPL recovered | OOD zero-shot | "
+            "OOD recovered | task acc (recovered) | candidates | tokens trained in search | search s | device |")
+    for key in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], 99))):
+        rs = groups[key]
+        root, budget, row = key
+        if not lines or rows and (rows[-1]["root"], rows[-1]["budget"]) != (root, budget):
+            lines += ["", f"**{root}, budget {float(budget):.0%}**", "", head, "|" + "---|" * 2 + "---|" * 2
+                      + "---:|" * 11]
+        summary = {"root": root, "budget": budget, "row": row, "seeds": sorted(r["seed"] for r in rs),
+                   **{c: stat([r[c] for r in rs])[0] for c in COLUMNS}}
+        rows.append(summary)
+        lines.append(f"| {float(budget):.0%} | {row} | {rs[0]['export']} | {len(rs)} | "
+                     f"{statistics.fmean(r['params'] for r in rs) / 1e6:.2f}M | "
+                     f"{fmt([r['blocks_kept'] for r in rs], 1)}/{rs[0]['blocks']} | {fmt([r['zero_shot'] for r in rs], 1)} | "
+                     f"{fmt([r['recovered'] for r in rs])} | {fmt([r['zero_shot_ood'] for r in rs], 1)} | "
+                     f"{fmt([r['recovered_ood'] for r in rs])} | {fmt([r['task_recovered'] for r in rs], 3)} | "
+                     f"{fmt([r['candidate_evaluations'] for r in rs], 0)} | {fmt([r['search_tokens_trained'] for r in rs], 0)} | "
+                     f"{fmt([r['search_wall_s'] for r in rs], 0)} | {rs[0]['device']} |")
+    for root, budget in sorted({(r["root"], r["budget"]) for r in rows}):
+        these = [r for r in rows if (r["root"], r["budget"]) == (root, budget)]
+        best = {c: min((r for r in these if math.isfinite(r[c])), key=lambda r: r[c], default=None)
+                for c in ("zero_shot", "recovered", "recovered_ood")}
+        if best["recovered"] is None or best["zero_shot"] is None:
+            continue
+        same = best["zero_shot"]["row"] == best["recovered"]["row"]
+        lines += ["", f"{root} at {float(budget):.0%}: best zero-shot `{best['zero_shot']['row']}`, best recovered "
+                  f"`{best['recovered']['row']}`" + ("" if same else " (the winners differ)")
+                  + (f", best recovered out of domain `{best['recovered_ood']['row']}`" if best["recovered_ood"] else "")
+                  + "."]
+    return "\n".join(lines), rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("roots", nargs="+", type=Path)
+    ap.add_argument("--json", type=Path, help="also write the summary rows here")
+    args = ap.parse_args()
+    all_runs = [r for root in args.roots for r in runs(root)]
+    text, rows = table(all_runs)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    main(sys.argv[1:])
+    main()

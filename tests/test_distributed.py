@@ -88,3 +88,25 @@ def test_two_ranks_equal_one_process_and_resume(tiny_model_dir, tmp_path, proxy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _files(two) == _files(one)
     assert sorted(p.name for p in two.rglob("*")) == sorted(p.name for p in one.rglob("*"))
+
+
+def test_rank_device_gives_cuda_an_index(monkeypatch):
+    """A bare `cuda` becomes an indexed device before `torch.cuda.set_device` (which refuses `cuda` on recent torch:
+    every GPU search failed on the lent H200 before this)."""
+    import torch
+
+    from tracenas.distributed import Dist, rank_device
+
+    seen = []
+
+    def set_device(device):
+        if isinstance(device, torch.device) and device.index is None:
+            raise ValueError("Expected a torch.device with a specified index or an integer, but got:cuda")
+        seen.append(device)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert rank_device(torch.device("cuda"), Dist()) == torch.device("cuda", 0)
+    assert rank_device(torch.device("cuda"), Dist(1, 2, False, 1)) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cuda", 3), Dist()) == torch.device("cuda", 3)
+    assert rank_device(torch.device("cpu"), Dist()) == torch.device("cpu") and len(seen) == 3

@@ -70,3 +70,27 @@ def test_quick_darwinlm_search_on_default_model(tmp_path):
                "--survivors", "2,1", "--stage-tokens", "128,256", "--finetune-tokens", "128,256", "--iterations", "1"])
     assert rc == 0
     check_darwinlm_run(out)
+
+
+def check_tyr_run(out) -> None:
+    """What a shrunk quick tyr search on the default model must leave behind."""
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["strategy"] == "tyr" and arch["proxy"] == "kl" and arch["database"] == "supernet/round-1"
+    assert arch["budget"] * 0.98 <= arch["params"] <= arch["budget"]
+    assert len(arch["rounds"]) == 2 and arch["num_layers_kept"] >= 15
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in hist] == [0, 0, 0, 1, 1, 1] * 2 and hist[-1]["role"] == "parent"
+    assert arch["search_cost"]["candidate_evaluations"] == 12 and arch["search_cost"]["supernet_bytes"] > 0
+    assert all(0 < h["kl"] < 10 for h in hist)
+    for name in ("search/progress.png", "search/rounds.png", "supernet/round-0/manifest.json",
+                 "supernet/round-1/manifest.json"):
+        assert (out / name).exists(), name
+
+
+def test_quick_tyr_search_on_default_model(tmp_path):
+    out = tmp_path / "tyr"
+    rc = main(["search", "--strategy", "tyr", "--out", str(out), "--threads", "1", "--offspring", "3",
+               "--survivors", "2,1", "--stage-tokens", "128,256", "--iterations", "1", "--rounds", "2",
+               "--num-sequences", "4"])
+    assert rc == 0
+    check_tyr_run(out)

@@ -21,6 +21,7 @@ levels and the method; opening or resuming with other settings is refused with o
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from tracenas.masking import LayerSelection, head_rows, top_channels, top_heads
 from tracenas.models.adapter import ModelAdapter, ModelShape
 from tracenas.reconstruct import (
     DEFAULT_DAMP, DEFAULT_OBS_CHUNK, IMPORTANCES, Gram, block_pass, capture_block_inputs, kept_by_order,
-    obs_channel_order, obs_order, head_units, prune_attention_, prune_mlp_, run_block, solve,
+    consumer_input, obs_channel_order, obs_order, head_units, prune_attention_, prune_mlp_, run_block, solve,
 )
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 MANIFEST = "manifest.json"
 DEFAULT_MLP_LEVELS = 11
+INPUT_REGIMES = ("dense", "expected", "expected-uniform")
 
 
 def block_file(i: int) -> str:
@@ -68,6 +70,15 @@ class DatabaseSpec:
     micro_batch: int = 4
     obs_chunk: int = DEFAULT_OBS_CHUNK
     dtype: str = "float32"  # of the stored weights (bfloat16 halves the disk size of a big model's database)
+    # Týr's supernet rounds: per block (attention units, MLP widths), each descending; None = the global lists
+    per_block: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] | None = None
+    # "dense": dense-model inputs; "expected": upstream blocks at their expected levels (density-weighted),
+    # "expected-uniform": the same with every level weighted alike (see `expected_consumer_`)
+    inputs: str = "dense"
+
+    def tables(self, layer: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(attention units, MLP widths) of block `layer`'s levels."""
+        return self.per_block[layer] if self.per_block is not None else (self.attn_units, self.mlp_widths)
 
     @classmethod
     def default(cls, space: SearchSpace, mlp_levels: int = DEFAULT_MLP_LEVELS, **kwargs) -> "DatabaseSpec":
@@ -83,13 +94,26 @@ class DatabaseSpec:
         return cls(attn, tuple(widths), **kwargs)
 
     def check(self, space: SearchSpace) -> None:
-        for name, values, full in (("attention", self.attn_units, space.attn_units),
-                                   ("MLP", self.mlp_widths, space.shape.intermediate_size)):
-            if values[0] != full or values[-1] != 0 or list(values) != sorted(set(values), reverse=True):
-                raise TracenasError(f"{name} levels must run strictly down from {full} (full) to 0, got {list(values)}")
-        for w in self.mlp_widths:
-            if w not in (0, space.mlp_width(w / space.shape.intermediate_size)):
-                raise TracenasError(f"MLP width {w} is not on the grid (multiples of {space.mlp_multiple})")
+        if self.per_block is None:
+            for name, values, full in (("attention", self.attn_units, space.attn_units),
+                                       ("MLP", self.mlp_widths, space.shape.intermediate_size)):
+                if values[0] != full or values[-1] != 0:
+                    raise TracenasError(f"{name} levels must run strictly down from {full} (full) to 0, got "
+                                        f"{list(values)}")
+        elif len(self.per_block) != space.shape.num_layers:
+            raise TracenasError(f"per-block levels cover {len(self.per_block)} blocks, the model has "
+                                f"{space.shape.num_layers}")
+        for i in range(len(self.per_block) if self.per_block is not None else 1):
+            attn, mlp = self.tables(i)
+            for name, values, full in (("attention", attn, space.attn_units),
+                                       ("MLP", mlp, space.shape.intermediate_size)):
+                if not values or list(values) != sorted(set(values), reverse=True) or values[0] > full or values[-1] < 0:
+                    raise TracenasError(f"{name} levels must run strictly down within [0, {full}], got {list(values)}")
+            for w in mlp:
+                if w not in (0, space.mlp_width(w / space.shape.intermediate_size)):
+                    raise TracenasError(f"MLP width {w} is not on the grid (multiples of {space.mlp_multiple})")
+        if self.inputs not in INPUT_REGIMES:
+            raise TracenasError(f"database inputs must be one of {', '.join(INPUT_REGIMES)}, got {self.inputs!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise TracenasError(f"database dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.importance not in IMPORTANCES:
@@ -108,11 +132,15 @@ def model_checksum(model: nn.Module) -> str:
 def fingerprint(spec: DatabaseSpec, shape: ModelShape, model_sum: str, batches: torch.Tensor, source: str | None) -> dict:
     """Everything a database's contents depend on (compared field by field on open / resume)."""
     tokens = hashlib.sha256(batches.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
-    method = {k: v for k, v in asdict(spec).items() if k not in ("attn_units", "mlp_widths", "micro_batch")}
+    method = {k: v for k, v in asdict(spec).items() if k not in ("attn_units", "mlp_widths", "micro_batch", "per_block")}
+    if spec.inputs == "dense":
+        del method["inputs"]  # databases built before expected inputs existed keep their fingerprint
+    if spec.per_block is None:
+        levels: dict = {"attn_units": list(spec.attn_units), "mlp_widths": list(spec.mlp_widths)}
+    else:
+        levels = {"per_block": [{"attn": list(a), "mlp": list(m)} for a, m in spec.per_block]}
     return {"format": FORMAT, "model": {"source": source, "shape": shape.as_dict(), "checksum": model_sum},
-            "calibration_tokens": tokens, "levels": {"attn_units": list(spec.attn_units),
-                                                      "mlp_widths": list(spec.mlp_widths)},
-            "method": method}
+            "calibration_tokens": tokens, "levels": levels, "method": method}
 
 
 def _differences(have: dict, want: dict) -> list[str]:
@@ -126,9 +154,17 @@ class SparsityDatabase:
         self.path = path
         self.manifest = manifest
         levels = manifest["fingerprint"]["levels"]
-        self.attn_units: tuple[int, ...] = tuple(levels["attn_units"])
-        self.mlp_widths: tuple[int, ...] = tuple(levels["mlp_widths"])
-        self.num_layers: int = manifest["fingerprint"]["model"]["shape"]["num_layers"]
+        self.shape = ModelShape(**manifest["fingerprint"]["model"]["shape"])
+        self.num_layers: int = self.shape.num_layers
+        if "per_block" in levels:  # a Týr supernet round: every block has levels of its own
+            self.per_block: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] | None = tuple(
+                (tuple(b["attn"]), tuple(b["mlp"])) for b in levels["per_block"])
+            self.attn_units: tuple[int, ...] = ()
+            self.mlp_widths: tuple[int, ...] = ()
+        else:
+            self.per_block = None
+            self.attn_units = tuple(levels["attn_units"])
+            self.mlp_widths = tuple(levels["mlp_widths"])
 
     @classmethod
     def open(cls, path: str | os.PathLike, expect: dict | None = None) -> "SparsityDatabase":
@@ -154,21 +190,36 @@ class SparsityDatabase:
     def complete(self) -> bool:
         return bool(self.manifest.get("complete"))
 
-    def num_levels(self, kind: str) -> int:
-        return len(self.attn_units if kind == "attn" else self.mlp_widths)
+    def table(self, layer: int, kind: str) -> tuple[int, ...]:
+        """Units kept at each level of one sub-block (attention units or MLP channels), descending."""
+        if self.per_block is not None:
+            return self.per_block[layer][0 if kind == "attn" else 1]
+        return self.attn_units if kind == "attn" else self.mlp_widths
+
+    def num_levels(self, kind: str, layer: int = 0) -> int:
+        return len(self.table(layer, kind))
+
+    def full_units(self, kind: str) -> int:
+        s = self.shape
+        if kind == "attn":
+            return s.group_size if s.is_gqa else s.num_heads
+        return s.intermediate_size
 
     def sub_block(self, layer: int, kind: str, level: int) -> tuple[tuple[int, ...], torch.Tensor | None]:
         """(kept indices, re-solved consumer columns) of one sub-block at one level; None = the model's own
-        weights (level 0) or nothing (the removed level)."""
+        weights (a full level) or nothing (a removed level)."""
         from safetensors import safe_open
 
-        if not 0 <= level < self.num_levels(kind):
-            raise TracenasError(f"{kind} level {level} is outside [0, {self.num_levels(kind) - 1}]")
-        if level == self.num_levels(kind) - 1:
+        table = self.table(layer, kind)
+        if not 0 <= level < len(table):
+            raise TracenasError(f"{kind} level {level} is outside [0, {len(table) - 1}]")
+        if table[level] == 0:
             return (), None
+        if table[level] == self.full_units(kind):
+            return tuple(range(self.shape.num_heads if kind == "attn" else self.shape.intermediate_size)), None
         with safe_open(str(self.path / block_file(layer)), framework="pt") as f:
             kept = tuple(f.get_tensor(f"{kind}.{level}.kept").tolist())
-            weight = f.get_tensor(f"{kind}.{level}.weight") if level > 0 else None
+            weight = f.get_tensor(f"{kind}.{level}.weight")
         return kept, weight
 
     def disk_bytes(self) -> int:
@@ -202,28 +253,67 @@ def _mlp_levels(weight: torch.Tensor, h: torch.Tensor, widths: tuple[int, ...], 
     return [top_channels(scores, w) for w in widths]
 
 
-def _block_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, spec: DatabaseSpec,
-                   grams: dict[str, Gram]) -> dict[str, torch.Tensor]:
+def _attn_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, spec: DatabaseSpec,
+                  units: tuple[int, ...], gram: Gram) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     w_o = adapter.attn_proj(layer, "o_proj").weight
-    h_o = grams["o_proj"].means()[0]
-    for k, heads in enumerate(_attn_levels(w_o, h_o, shape, spec.attn_units, spec)):
+    h, _, cross = gram.means()
+    full = shape.group_size if shape.is_gqa else shape.num_heads
+    for k, heads in enumerate(_attn_levels(w_o, h, shape, units, spec)):
         if not heads:
             continue
         out[f"attn.{k}.kept"] = torch.tensor(heads, dtype=torch.int64)
-        if k > 0:
-            new = solve(w_o, h_o, h_o, head_rows(heads, shape.head_dim), spec.damp)
+        if units[k] < full:
+            new = solve(w_o, h, cross, head_rows(heads, shape.head_dim), spec.damp)
             out[f"attn.{k}.weight"] = new.to(getattr(torch, spec.dtype)).contiguous()
+    return out
+
+
+def _mlp_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, spec: DatabaseSpec,
+                 widths: tuple[int, ...], gram: Gram) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
     w_d = adapter.mlp_proj(layer, "down_proj").weight
-    h_d = grams["down_proj"].means()[0]
-    for k, channels in enumerate(_mlp_levels(w_d, h_d, spec.mlp_widths, spec)):
+    h, _, cross = gram.means()
+    for k, channels in enumerate(_mlp_levels(w_d, h, widths, spec)):
         if not channels:
             continue
         out[f"mlp.{k}.kept"] = torch.tensor(channels, dtype=torch.int64)
-        if k > 0:
+        if widths[k] < shape.intermediate_size:
             kept = torch.tensor(channels, dtype=torch.long)
-            out[f"mlp.{k}.weight"] = solve(w_d, h_d, h_d, kept, spec.damp).to(getattr(torch, spec.dtype)).contiguous()
+            out[f"mlp.{k}.weight"] = solve(w_d, h, cross, kept, spec.damp).to(getattr(torch, spec.dtype)).contiguous()
     return out
+
+
+def expected_consumer_(lin: nn.Linear, kind: str, units: tuple[int, ...], tensors: dict[str, torch.Tensor],
+                       head_dim: int, weighting: str = "density") -> None:
+    """Set a consumer (`o_proj` / `down_proj`) to the expectation over a sub-block's levels (`units`: what each
+    keeps) of its level weights, each embedded at full width (pruned columns 0, a removed level all 0, a full
+    level the original weights): the block then outputs the expectation of its output over its levels (Týr's
+    expected error accumulation; exact, because a sub-block's output is linear in its consumer weights).
+
+    `weighting`: "density" weighs level k by the fraction it keeps, sum_k d_k W_k / sum_k d_k (the weighted
+    expectation written, commented out, in Týr's code), so the removed level, which has density 0, cannot
+    shrink the stream toward zero; "uniform" weighs every level alike."""
+    original = lin.weight.detach().clone()
+    full = max(units) if units else 1  # the normalization cancels the scale: any common divisor would do
+    weights = [u / full if weighting == "density" else 1.0 for u in units] if full > 0 else [1.0] * len(units)
+    total = torch.zeros_like(original, dtype=torch.float64)
+    bias_weight = 0.0
+    for k, w in enumerate(weights):
+        kept = tensors.get(f"{kind}.{k}.kept")
+        if kept is None or w == 0:
+            continue  # removed: contributes 0
+        bias_weight += w
+        weight = tensors.get(f"{kind}.{k}.weight")
+        if weight is None:
+            total += w * original.double()
+        else:
+            cols = head_rows(tuple(kept.tolist()), head_dim) if kind == "attn" else kept
+            total[:, cols.to(total.device)] += w * weight.to(total.device, torch.float64)
+    norm = sum(weights) or 1.0
+    lin.weight.data.copy_((total / norm).to(original.dtype))
+    if lin.bias is not None:
+        lin.bias.data.mul_(bias_weight / norm)
 
 
 def _write_block(path: Path, i: int, tensors: dict[str, torch.Tensor]) -> None:
@@ -238,8 +328,13 @@ def _write_block(path: Path, i: int, tensors: dict[str, torch.Tensor]) -> None:
 
 @torch.no_grad()
 def build_database(model: nn.Module, adapter: ModelAdapter, tokenizer, path: str | os.PathLike, spec: DatabaseSpec,
-                   *, source: str | None = None, progress: bool = True) -> SparsityDatabase:
-    """Build (or resume building) the database of `model` in `path`; returns it opened."""
+                   *, source: str | None = None, progress: bool = True, desc: str = "sparsity database") -> SparsityDatabase:
+    """Build (or resume building) the database of `model` in `path`; returns it opened.
+
+    With `spec.inputs == "expected"` every block is calibrated on what the blocks above it output at their
+    *expected* levels (the expectation over each upstream sub-block's levels, `expected_consumer_`), its attention
+    levels solved first and its MLP then fed by the expected attention, the targets staying the dense
+    model's consumer outputs (Týr's expectation error accumulation)."""
     from tqdm.auto import tqdm
 
     from tracenas import data as data_mod
@@ -262,26 +357,75 @@ def build_database(model: nn.Module, adapter: ModelAdapter, tokenizer, path: str
         stale.unlink()
     first = capture_block_inputs(adapter, batches, spec.micro_batch)
     states, kwargs = first.states, first.kwargs
+    expected = list(states) if spec.inputs != "dense" else None
+    weighting = "uniform" if spec.inputs == "expected-uniform" else "density"
     layers = adapter.layers()
-    bar = tqdm(range(shape.num_layers), desc="sparsity database", unit="block", disable=not progress)
+    bar = tqdm(range(shape.num_layers), desc=desc, unit="block", disable=not progress)
     dims = {"o_proj": shape.num_heads * shape.head_dim, "down_proj": shape.intermediate_size}
     for i in bar:
-        if (path / block_file(i)).is_file():  # done before an interruption: only its outputs are needed
-            states = [run_block(layers[i], h, kw) for h, kw in zip(states, kwargs)]
+        done = (path / block_file(i)).is_file()
+        attn_units, mlp_widths = spec.tables(i)
+        if expected is None:
+            if done:  # built before an interruption: only its outputs are needed
+                states = [run_block(layers[i], h, kw) for h, kw in zip(states, kwargs)]
+                continue
+            grams = {name: Gram(dim, paired=False) for name, dim in dims.items()}
+            next_states = []
+            for h, kw in zip(states, kwargs):  # one pass of the block: both consumers' inputs and its output
+                out, seen = block_pass(adapter, layers[i], h, kw, tuple(dims))
+                for name, x in seen.items():
+                    grams[name].add(x)
+                next_states.append(out)
+            tensors = _attn_tensors(adapter, layers[i], shape, spec, attn_units, grams["o_proj"])
+            tensors |= _mlp_tensors(adapter, layers[i], shape, spec, mlp_widths, grams["down_proj"])
+            _write_block(path, i, tensors)
+            states = next_states
             continue
-        grams = {name: Gram(dim, paired=False) for name, dim in dims.items()}
-        next_states = []
-        for h, kw in zip(states, kwargs):  # one pass of the block: both consumers' inputs and its output
-            out, seen = block_pass(adapter, layers[i], h, kw, tuple(dims))
-            for name, x in seen.items():
-                grams[name].add(x)
-            next_states.append(out)
-        _write_block(path, i, _block_tensors(adapter, layers[i], shape, spec, grams))
-        states = next_states
+        # expected inputs: the dense pass gives the targets, the expected stream the inputs
+        seen = [block_pass(adapter, layers[i], h, kw, tuple(dims)) for h, kw in zip(states, kwargs)]
+        work = copy.deepcopy(layers[i])
+        o_proj, down_proj = adapter.attn_proj(work, "o_proj"), adapter.mlp_proj(work, "down_proj")
+        if done:
+            tensors = _read_block(path, i)
+        else:
+            gram = Gram(dims["o_proj"], paired=True)
+            for (_, x), e, kw in zip(seen, expected, kwargs):
+                gram.add(consumer_input(adapter, work, "o_proj", e, kw), x["o_proj"])
+            tensors = _attn_tensors(adapter, layers[i], shape, spec, attn_units, gram)
+        expected_consumer_(o_proj, "attn", attn_units, tensors, shape.head_dim, weighting)
+        if not done:
+            gram = Gram(dims["down_proj"], paired=True)
+            for (_, x), e, kw in zip(seen, expected, kwargs):
+                gram.add(consumer_input(adapter, work, "down_proj", e, kw), x["down_proj"])
+            tensors |= _mlp_tensors(adapter, layers[i], shape, spec, mlp_widths, gram)
+            _write_block(path, i, tensors)
+        expected_consumer_(down_proj, "mlp", mlp_widths, tensors, shape.head_dim, weighting)
+        expected = [run_block(work, e, kw) for e, kw in zip(expected, kwargs)]
+        states = [out for out, _ in seen]
+        del seen, work
     atomic_write_json(path / MANIFEST, {"fingerprint": want, "complete": True})
     db = SparsityDatabase.open(path, expect=want)
     log.info("database complete: %d blocks, %.1f MB", shape.num_layers, db.disk_bytes() / 1e6)
     return db
+
+
+def _read_block(path: Path, i: int) -> dict[str, torch.Tensor]:
+    import safetensors.torch
+
+    return safetensors.torch.load_file(str(path / block_file(i)))
+
+
+def planned_bytes(shape: ModelShape, per_block, value_bytes: int = 4) -> int:
+    """Disk size of a database's stored weights (re-solved consumer columns of every level that is neither full
+    nor removed; the kept indices, a few kB, are left out), from the shape alone: what a build will write.
+    `per_block`: (attention units, MLP widths) per block."""
+    full_attn = shape.group_size if shape.is_gqa else shape.num_heads
+    per_unit = shape.num_kv_heads if shape.is_gqa else 1
+    cols = 0
+    for attn, mlp in per_block:
+        cols += sum(u * per_unit * shape.head_dim for u in attn if 0 < u < full_attn)
+        cols += sum(w for w in mlp if 0 < w < shape.intermediate_size)
+    return cols * shape.hidden_size * value_bytes
 
 
 # --- assembling candidates ------------------------------------------------------------------------------
@@ -308,10 +452,31 @@ class LevelAssembler:
                           | {f"{n}.bias": p.bias.detach().cpu().clone() for n, p in adapter.projections(layer).items()
                              if p.bias is not None}
                           for layer in adapter.layers()]
-        n = self.shape.num_layers
-        self.current = Levels((0,) * n, (0,) * n)
+        self.current = self._original_levels()
         self._kept: dict[tuple[int, str], tuple[int, ...]] = {}
         self.loads = 0  # sub-block entries read from disk (what `apply` costs)
+
+    def _original_levels(self) -> Levels:
+        """The level of each sub-block that is its original weights (the full level), -1 where none is."""
+        def full(i: int, kind: str) -> int:
+            table = self.db.table(i, kind)
+            units = self.db.full_units(kind)
+            return table.index(units) if units in table else -1
+
+        n = self.shape.num_layers
+        return Levels(tuple(full(i, "attn") for i in range(n)), tuple(full(i, "mlp") for i in range(n)))
+
+    def reset(self, db: "SparsityDatabase | None" = None) -> None:
+        """Give every block its original weights back, and (with `db`) read levels from another database from
+        now on (Týr's next supernet round)."""
+        for i in range(self.shape.num_layers):
+            self._restore(i, tuple(self.adapter.projections(self.adapter.layers()[i])))
+        if db is not None:
+            if db.num_layers != self.shape.num_layers:
+                raise TracenasError(f"the database has {db.num_layers} blocks but the model has {self.shape.num_layers}")
+            self.db = db
+            self._kept = {}
+        self.current = self._original_levels()
 
     def _restore(self, i: int, names: tuple[str, ...]) -> None:
         layer = self.adapter.layers()[i]
@@ -343,11 +508,9 @@ class LevelAssembler:
         return changed
 
     def _load(self, i: int, kind: str, level: int) -> tuple[tuple[int, ...], torch.Tensor | None]:
-        if level == 0:
-            full = self.shape.num_heads if kind == "attn" else self.shape.intermediate_size
-            return tuple(range(full)), None
-        self.loads += 1
-        return self.db.sub_block(i, kind, level)
+        kept, weight = self.db.sub_block(i, kind, level)
+        self.loads += weight is not None
+        return kept, weight
 
     def selection(self, levels: Levels | None = None) -> list[LayerSelection]:
         """The heads / channels each block keeps at `levels` (default: the applied ones)."""
@@ -364,13 +527,10 @@ class LevelAssembler:
     def _kept_at(self, i: int, kind: str, level: int) -> tuple[int, ...]:
         key = (i, f"{kind}.{level}")
         if key not in self._kept:
-            if level == 0:
-                full = self.shape.num_heads if kind == "attn" else self.shape.intermediate_size
-                self._kept[key] = tuple(range(full))
-            else:
-                self._kept[key] = self.db.sub_block(i, kind, level)[0]
+            self._kept[key] = self.db.sub_block(i, kind, level)[0]
         return self._kept[key]
 
 
 __all__ = ["DatabaseSpec", "LevelAssembler", "Levels", "SparsityDatabase", "build_database", "fingerprint",
+           "expected_consumer_", "planned_bytes",
            "levels_to_genome", "model_checksum"]

@@ -122,9 +122,10 @@ def init_dist(backend: str | None = None, timeout_hours: float = 24.0) -> Dist:
 
 
 def rank_device(device: torch.device, dist: Dist) -> torch.device:
-    """`cuda` without an index means this rank's GPU (`LOCAL_RANK`) when there are several ranks."""
-    if device.type == "cuda" and dist.world > 1 and device.index is None:
-        device = torch.device("cuda", dist.local_rank)
+    """`cuda` without an index means this rank's GPU (`LOCAL_RANK`) when there are several ranks, else the current
+    one; the result always has an index (`torch.cuda.set_device` refuses a bare `cuda` on recent torch)."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dist.local_rank if dist.world > 1 else torch.cuda.current_device())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device

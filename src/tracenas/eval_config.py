@@ -25,6 +25,9 @@ class EvalConfig:
     model: str | None = opt(None, "model: a tracenas-exported or HF directory, a .gguf file, a Hub id, or nothing "
                                   "for the default model")
     data: str | None = opt(None, "text for perplexity (default: the embedded Wikipedia corpus; its 'eval' split)")
+    ppl_split: str = opt("eval", "which documents of --data perplexity reads: its eval split (never used for "
+                                 "calibration or training), or all of them (a text used for nothing else, e.g. an "
+                                 "out-of-domain check)", choices=("eval", "all"))
     preset: str = opt("quick", "quick: 512-token windows over 32k tokens, no tasks; paper: 4096-token windows over "
                                "the whole split and the paper's task suite", choices=tuple(PRESETS))
     ppl: bool = opt(True, "compute perplexity")
@@ -55,6 +58,9 @@ class EvalConfig:
                 raise TracenasError(f"--{name.replace('_', '-')} must be >= {2 if name == 'ppl_seq_len' else 1}")
         if self.ppl_max_tokens is not None and self.ppl_max_tokens < 0:
             raise TracenasError("--ppl-max-tokens must be >= 0 (0 = the whole split)")
+        if self.ppl_split == "all" and self.data is None:
+            raise TracenasError("--ppl-split all reads every document of --data: the default corpus also holds the "
+                                "calibration and training text, so give --data (e.g. an out-of-domain .txt)")
         if self.limit is not None and not self.limit > 0:
             raise TracenasError("--limit must be > 0")
         if self.num_fewshot is not None and self.num_fewshot < 0:

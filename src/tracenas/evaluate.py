@@ -92,11 +92,13 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, seq_len: int = 512, micro
     return {"ppl": math.exp(nll), "nll": nll, "tokens": count, "windows": len(windows), "seq_len": seq_len}
 
 
-def eval_tokens(tokenizer, data: str | None, max_tokens: int | None) -> torch.Tensor:
-    """The eval split of `data` as one token stream, cut to `max_tokens` (0/None: all of it)."""
-    from tracenas.data import load_split, token_stream
+def eval_tokens(tokenizer, data: str | None, max_tokens: int | None, split: str = "eval") -> torch.Tensor:
+    """The eval split of `data` (or, `split="all"`, every document of it) as one token stream, cut to
+    `max_tokens` (0/None: all of it)."""
+    from tracenas.data import load_documents, load_split, token_stream
 
-    stream = token_stream(tokenizer, load_split(data, "eval"))
+    docs = load_documents(data) if split == "all" and data is not None else load_split(data, "eval")
+    stream = token_stream(tokenizer, docs)
     return stream[:max_tokens] if max_tokens else stream
 
 
@@ -267,10 +269,12 @@ def _evaluate(cfg: EvalConfig, model: nn.Module | None, tokenizer, progress: boo
             if context and seq_len > context:
                 log.warning("--ppl-seq-len %d exceeds the model's context (%d): using %d", seq_len, context, context)
                 seq_len = context
-            stream = eval_tokens(tokenizer, cfg.data, cfg.ppl_max_tokens)
+            split = cfg.ppl_split
+            stream = eval_tokens(tokenizer, cfg.data, cfg.ppl_max_tokens, split)
             ppl = perplexity(model, stream, seq_len, cfg.micro_batch, progress=progress)
-            ppl.update(data=cfg.data or "wikipedia", split="eval", max_tokens=cfg.ppl_max_tokens,
-                       method="non-overlapping windows over the concatenated eval split; exp(token-weighted mean NLL)")
+            ppl.update(data=cfg.data or "wikipedia", split=split, max_tokens=cfg.ppl_max_tokens,
+                       method=f"non-overlapping windows over the concatenated {split} split; exp(token-weighted "
+                              "mean NLL)")
             results["perplexity"] = ppl
             log.info("perplexity %.3f over %s tokens", ppl["ppl"], f"{ppl['tokens']:,}")
         raw = None

@@ -30,7 +30,7 @@ from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard
 from tracenas.eval_config import PRESETS as EVAL_PRESETS
 from tracenas.recover.config import PRESETS as RECOVER_PRESETS
-from tracenas.search.config import DARWINLM_PRESETS, preset_help
+from tracenas.search.config import DARWINLM_PRESETS, TYR_PRESETS, preset_help
 from tracenas.search.registry import strategy_names
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class RunConfig:
     finetune_lr: float | None = opt(None, preset_help("finetune_lr", "darwinlm: fine-tuning learning rate",
                                                       DARWINLM_PRESETS))
     database: str | None = opt(None, "darwinlm: sparsity-level database (default: built in OUT/database)")
+    rounds: int | None = opt(None, preset_help("rounds", "tyr: prune-and-search rounds", TYR_PRESETS))
+    fitness: str = opt("kl", "tyr: exact kl or the official top-k sparse_kl", choices=("kl", "sparse_kl"))
     rank: int | None = opt(None, preset_help("rank", "LoRA probe rank"))
     min_layers: int | None = opt(None, "minimum kept blocks (default: half)")
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
@@ -137,7 +139,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               budget_batch=cfg.budget_batch, tie_embeddings=cfg.tie_embeddings,
                               offspring=cfg.offspring, survivors=cfg.survivors, stage_tokens=cfg.stage_tokens,
                               finetune_tokens=cfg.finetune_tokens, finetune_lr=cfg.finetune_lr,
-                              database=cfg.database).resolved()
+                              database=cfg.database, rounds=cfg.rounds, fitness=cfg.fitness).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
     reconstruction_settings(cfg)  # bad export options fail before any work
     from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch
@@ -190,7 +192,7 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
             log.info("export: complete, skipped")
         else:
             t = time.perf_counter()
-            # a level-based search (darwinlm) takes its re-solved weights from its database, not from --reconstruct
+            # a level-based search (darwinlm, tyr) takes its re-solved weights from its database, not from --reconstruct
             from_database = "levels" in json.loads((out / "arch.json").read_text())
             export_stage.export_run(out, model_spec=cfg.model,
                                     reconstruction=None if from_database else reconstruction_settings(cfg))

@@ -42,6 +42,11 @@ def plot_search(out: str | os.PathLike) -> list[Path]:
     gens = list(range(len(best)))
     ax.plot(gens, [b if math.isfinite(b) else float("nan") for b in best], "-o", color="tab:red", label="best")
     ax.plot(gens, [m if math.isfinite(m) else float("nan") for m in mean], "-s", color="tab:blue", label="mean")
+    rounds = state.get("round_units") is not None and state.get("strategy") == "tyr"
+    if rounds and arch.get("rounds"):  # tyr: a line where each round (a new supernet) begins
+        per_round = math.ceil(len(best) / max(1, len(arch["rounds"])))
+        for r in range(1, len(arch["rounds"])):
+            ax.axvline(r * per_round - 0.5, color="tab:purple", ls="--", lw=1, label="new round" if r == 1 else None)
     ax.set_xlabel("generation")
     ax.set_ylabel(f"score ({arch.get('proxy')})")
     ax.set_title(f"search progress: {len(hist)} candidates scored")
@@ -53,9 +58,37 @@ def plot_search(out: str | os.PathLike) -> list[Path]:
     plt.close(fig)
     written.append(path)
     written.append(plot_arch(arch, out / "search" / "arch.png"))
-    if arch.get("levels"):
+    if arch.get("rounds"):
+        written.append(plot_rounds(arch, out / "search" / "rounds.png"))
+    elif arch.get("levels"):
         written.append(plot_levels(arch["levels"], out / "search" / "levels.png"))
     return written
+
+
+def plot_rounds(arch: dict, path: str | os.PathLike) -> Path:
+    """tyr: each round's winning per-block retention of attention and MLP (one line per round)."""
+    rounds = arch["rounds"]
+    shape = arch["model"]["shape"]
+    full_attn = shape["num_heads"] // shape["num_kv_heads"] if shape["num_kv_heads"] != shape["num_heads"] \
+        else shape["num_heads"]
+    n = len(rounds[0]["attn"])
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, n * 0.3), 5.5), sharex=True)
+    for r, win in enumerate(rounds):
+        color = plt.cm.viridis(r / max(1, len(rounds) - 1))
+        axes[0].plot(range(n), [u / full_attn for u in win["attn"]], "-o", ms=3, color=color, label=f"round {r + 1}")
+        axes[1].plot(range(n), [w / shape["intermediate_size"] for w in win["mlp"]], "-o", ms=3, color=color)
+    axes[0].set_ylabel("attention kept")
+    axes[1].set_ylabel("MLP kept")
+    axes[1].set_xlabel("block")
+    axes[0].set_title("tyr: per-block retention of each round's winner (coarse to fine)")
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.set_ylim(-0.05, 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_levels(levels: dict, path: str | os.PathLike) -> Path:
@@ -149,7 +182,15 @@ def write_report(out: str | os.PathLike) -> dict:
                   f"{summary['device']} ({summary['dtype']}, {summary.get('threads')} "
                   f"thread{'' if summary.get('threads') == 1 else 's'})", ""]
         cost = summary.get("search_cost")
-        if cost:  # a training-aware search (darwinlm) is charged for its training too
+        if cost and "rounds" in cost:  # tyr: supernets built per round, no training
+            lines[-1:] = [f"- fitness evaluations: {cost['candidate_evaluations']:,} (each assembles a candidate "
+                          f"from its round's supernet and scores it by KL to the base model); scoring: "
+                          f"{cost['eval_tokens']:,} tokens",
+                          f"- supernets: {cost['rounds']} rounds, {cost['supernet_bytes'] / 1e6:,.1f} MB on disk, "
+                          f"built this session in {cost['supernet_seconds_this_session']:.0f} s",
+                          f"- search wall time over all sessions: {cost['wall_seconds']:.0f} s (candidates "
+                          f"{cost['candidate_seconds']:.0f} s)", ""]
+        elif cost:  # a training-aware search (darwinlm) is charged for its training too
             lines[-1:] = [f"- fitness evaluations: {cost['candidate_evaluations']:,} (each fine-tunes a sliced "
                           f"candidate, then scores it by KL to the base model)",
                           f"- fine-tuning: {cost['finetune_tokens']:,} tokens in {cost['finetune_steps']:,} "

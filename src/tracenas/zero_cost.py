@@ -136,11 +136,13 @@ def naswot_logdet(codes: torch.Tensor) -> float:
 def forward_stats(model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor, genome: Genome | None = None,
                   selection: list[LayerSelection] | None = None, *, reference: ForwardReference | None = None,
                   naswot_tokens: int = NASWOT_TOKENS, naswot_seed: int = 0, micro_batch: int = 1,
-                  kl_chunk: int = KL_CHUNK, want: tuple[str, ...] = ("nll", "kl", "naswot")) -> dict[str, float]:
+                  kl_chunk: int = KL_CHUNK, want: tuple[str, ...] = ("nll", "kl", "naswot"),
+                  kl_topk: int = 0) -> dict[str, float]:
     """One forward pass over `batches` of the (masked) model; returns the requested statistics.
 
     `nll`: mean next-token NLL (positions 0..L-2). `kl`: mean KL(base || candidate) over the same
-    positions (needs `reference`). `naswot`: log-det of the Hamming kernel of the MLP gate codes at a
+    positions (needs `reference`); with `kl_topk` = k > 0 the top-k "sparse" KL of Týr's code instead: both
+    distributions restricted to the base model's k most likely tokens and renormalized there. `naswot`: log-det of the Hamming kernel of the MLP gate codes at a
     fixed token subsample; kept blocks only, and kept channels only when `selection` is given.
     """
     n, length = batches.shape
@@ -190,8 +192,15 @@ def forward_stats(model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor
         kl = zero
         if base:
             w, b = reference.head if reference.head is not None else (head.weight, head.bias)
-            base_logp = F.log_softmax(head_logits(base[0].to(h.dtype), w, b), dim=-1)
-            kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum").double()
+            base_logits = head_logits(base[0].to(h.dtype), w, b)
+            if kl_topk:
+                top, idx = base_logits.topk(min(kl_topk, base_logits.shape[-1]), dim=-1)
+                base_lp = F.log_softmax(top, dim=-1)
+                cand_lp = F.log_softmax(logp.gather(-1, idx), dim=-1)
+                kl = F.kl_div(cand_lp, base_lp, log_target=True, reduction="sum").double()
+            else:
+                base_logp = F.log_softmax(base_logits, dim=-1)
+                kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum").double()
         return nll, kl
 
     sums, count = (zero, zero), 0

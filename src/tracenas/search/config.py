@@ -33,6 +33,16 @@ DARWINLM_PRESETS: dict[str, dict] = {
 }
 DARWINLM_FIELDS = ("offspring", "survivors", "stage_tokens", "finetune_tokens", "finetune_lr")
 
+# `--strategy tyr` (Týr-the-Pruner; see docs/tyr.md). paper: the official example script's settings (Llama-2-7B);
+# quick: sized for the default model on a small CPU machine. `iterations` is generations per round.
+TYR_PRESETS: dict[str, dict] = {
+    "paper": dict(offspring=128, survivors="16,4,2", stage_tokens="2048,16384,131072", iterations=50, rounds=4,
+                  supernet_levels=9, level_step=0.125, num_sequences=32, seq_len=4096, micro_batch=1),
+    "quick": dict(offspring=8, survivors="2,1", stage_tokens="256,1024", iterations=6, rounds=3,
+                  supernet_levels=9, level_step=0.125, num_sequences=16, seq_len=128, micro_batch=1),
+}
+TYR_FIELDS = ("rounds", "supernet_levels", "level_step")
+
 
 def preset_help(key: str, text: str, presets: dict[str, dict] | None = None) -> str:
     """`text (preset: paper 30, quick 8)`: what each preset (the search's by default) sets when the flag is left out."""
@@ -86,6 +96,15 @@ class SearchConfig:
                                                         "a candidate on before scoring it (0: none)", DARWINLM_PRESETS))
     finetune_lr: float | None = opt(None, preset_help("finetune_lr", "darwinlm: AdamW learning rate of the "
                                                       "in-memory fine-tuning", DARWINLM_PRESETS))
+    rounds: int | None = opt(None, preset_help("rounds", "tyr: prune-and-search rounds (the level step halves each "
+                                               "round)", TYR_PRESETS))
+    supernet_levels: int | None = opt(None, preset_help("supernet_levels", "tyr: sizes per sub-block in a round's "
+                                                        "supernet (K, odd)", TYR_PRESETS))
+    level_step: float | None = opt(None, preset_help("level_step", "tyr: round 0's step between levels, as a "
+                                                     "fraction of the sub-block", TYR_PRESETS))
+    fitness: str = opt("kl", "tyr: exact KL to the dense model, or the official top-k sparse KL",
+                       choices=("kl", "sparse_kl"))
+    topk: int = opt(8192, "tyr: tokens kept by --fitness sparse_kl")
     database: str | None = opt(None, "darwinlm: sparsity-level database (`tracenas database build`); default: built "
                                      "in OUT/database on the calibration windows")
     database_levels: int = opt(11, "darwinlm: MLP levels of a database built in OUT/database")
@@ -164,6 +183,26 @@ class SearchConfig:
                                         f"got {value!r}") from None
             if self.database_levels < 2:
                 raise TracenasError(f"--database-levels must be at least 2, got {self.database_levels}")
+        elif self.strategy == "tyr":
+            if self.proxy not in (None, "kl"):
+                raise TracenasError("--strategy tyr scores by KL to the dense model: leave --proxy out or use kl "
+                                    "(--fitness sparse_kl for the top-k variant)")
+            for name in ("offspring", "rounds", "supernet_levels"):
+                value = getattr(self, name)
+                if value is not None and int(value) < 1:
+                    raise TracenasError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+            if self.level_step is not None and not 0 < self.level_step <= 0.5:
+                raise TracenasError(f"--level-step must be in (0, 0.5], got {self.level_step}")
+            if self.topk < 1:
+                raise TracenasError(f"--topk must be at least 1, got {self.topk}")
+            for name in ("survivors", "stage_tokens"):
+                value = getattr(self, name)
+                try:
+                    if value is not None and not [int(float(x)) for x in str(value).split(",") if x.strip()]:
+                        raise ValueError
+                except ValueError:
+                    raise TracenasError(f"--{name.replace('_', '-')} must be comma-separated integers, "
+                                        f"got {value!r}") from None
         elif self.strategy != "uniform" and elites >= population:
             raise TracenasError(f"--elites ({elites}) must be smaller than --population ({population}): "
                                 "every generation needs room for new candidates")
@@ -194,5 +233,7 @@ class SearchConfig:
         preset = dict(PRESETS[self.preset])
         if self.strategy == "darwinlm":
             preset |= DARWINLM_PRESETS[self.preset] | {"proxy": "kl"}
+        elif self.strategy == "tyr":
+            preset |= TYR_PRESETS[self.preset] | {"proxy": "kl"}
         values = {k: v for k, v in preset.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **values)

@@ -91,16 +91,44 @@ def stage_sequences(task: StageTask, pool: int, seq_len: int, tokens: int, salt:
     return [int(i) for i in rng.choice(pool, size=need, replace=False)]
 
 
-class LevelSpace:
-    """The levels of a database over a `SearchSpace`: exact cost and validity of a `Levels`."""
+Table = tuple[int, ...]
 
-    def __init__(self, space: SearchSpace, attn_units: tuple[int, ...], mlp_widths: tuple[int, ...]) -> None:
+
+class LevelSpace:
+    """The levels of a database over a `SearchSpace`: exact cost and validity of a `Levels`.
+
+    `attn_units` / `mlp_widths` are one table for every block (a sparsity database) or, with `per_block`,
+    each block's own tables (a Týr supernet round): `per_block[i] = (attention units, MLP widths)`."""
+
+    def __init__(self, space: SearchSpace, attn_units: Table = (), mlp_widths: Table = (),
+                 per_block: tuple[tuple[Table, Table], ...] | None = None) -> None:
         self.space, self.attn_units, self.mlp_widths = space, tuple(attn_units), tuple(mlp_widths)
         self.n = space.shape.num_layers
-        self.top = {"attn": len(self.attn_units) - 1, "mlp": len(self.mlp_widths) - 1}
+        self.per_block = per_block
+        if per_block is None:
+            self.top = {"attn": len(self.attn_units) - 1, "mlp": len(self.mlp_widths) - 1}
+
+    def table(self, layer: int, kind: str) -> Table:
+        if self.per_block is not None:
+            return self.per_block[layer][0 if kind == "attn" else 1]
+        return self.attn_units if kind == "attn" else self.mlp_widths
+
+    def top_of(self, layer: int, kind: str) -> int:
+        """The last level index of one sub-block (its most compressed level)."""
+        return len(self.table(layer, kind)) - 1
+
+    def units(self, levels: Levels) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(attention units, MLP widths) per block of `levels`."""
+        return (tuple(self.table(i, "attn")[k] for i, k in enumerate(levels.attn)),
+                tuple(self.table(i, "mlp")[k] for i, k in enumerate(levels.mlp)))
 
     def genome(self, levels: Levels) -> Genome:
-        return levels.genome(self.attn_units, self.mlp_widths, self.space)
+        if self.per_block is None:
+            return levels.genome(self.attn_units, self.mlp_widths, self.space)
+        attn_u, mlp_w = self.units(levels)
+        attn = tuple(u / self.space.attn_units for u in attn_u)
+        mlp = tuple(w / self.space.shape.intermediate_size for w in mlp_w)
+        return Genome(tuple(a > 0 or m > 0 for a, m in zip(attn, mlp)), attn, mlp)
 
     def cost(self, levels: Levels) -> int:
         return self.space.cost(self.genome(levels))
@@ -109,9 +137,9 @@ class LevelSpace:
         """Every level in range and at least `min_layers` blocks left."""
         if len(levels.attn) != self.n or len(levels.mlp) != self.n:
             return False
-        if any(not 0 <= k <= self.top["attn"] for k in levels.attn):
+        if any(not 0 <= k <= self.top_of(i, "attn") for i, k in enumerate(levels.attn)):
             return False
-        if any(not 0 <= k <= self.top["mlp"] for k in levels.mlp):
+        if any(not 0 <= k <= self.top_of(i, "mlp") for i, k in enumerate(levels.mlp)):
             return False
         return sum(self.genome(levels).keep) >= self.space.min_layers
 
@@ -156,17 +184,17 @@ def uniform_start(ls: LevelSpace, window: tuple[int, int]) -> Levels:
     return levels
 
 
-def mutate(parent: Levels, ls: LevelSpace, rng: np.random.Generator) -> Levels:
-    """Level-switch mutation: min(randint(1,3), randint(1,3)) flips; each picks a sub-block type (attention or
+def mutate(parent: Levels, ls: LevelSpace, rng: np.random.Generator, max_flips: int = 3) -> Levels:
+    """Level-switch mutation: min(randint(1,max_flips), randint(1,max_flips)) flips (3 in DarwinLM, 4 in Týr); each picks a sub-block type (attention or
     MLP, weighted by its count: equal here), moves one sub-block of that type that is not removed one level up
     (more compression) and another (or the same) one that is not full one level down. May leave the
     budget window when level sizes differ; `DarwinLMSearch.offspring` redraws those."""
     levels = {"attn": list(parent.attn), "mlp": list(parent.mlp)}
-    flips = min(int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    flips = min(int(rng.integers(1, max_flips + 1)), int(rng.integers(1, max_flips + 1)))
     for _ in range(flips):
         kind = "attn" if rng.integers(0, 2) == 0 else "mlp"
-        seq, top = levels[kind], ls.top[kind]
-        up = [i for i, k in enumerate(seq) if k < top]
+        seq = levels[kind]
+        up = [i for i, k in enumerate(seq) if k < ls.top_of(i, kind)]
         down = [i for i, k in enumerate(seq) if k > 0]
         if not up or not down:
             continue
@@ -238,6 +266,7 @@ class DarwinLMSearch(SearchStrategy):
     fitness, info)` after each fitness evaluation, `on_stage(state)` after each stage, `on_generation(state)`."""
 
     recipe = "tracenas.search.darwinlm_recipe:DarwinLMRecipe"  # the run's torch side (see search.runner.recipe_class)
+    max_flips = 3  # mutation: min(randint(1, max_flips), randint(1, max_flips)) level switches
 
     def __init__(self, cfg: DarwinLMConfig, levels: LevelSpace, budget: int, evaluate: EvaluateFn) -> None:
         self.levels = levels
@@ -279,7 +308,7 @@ class DarwinLMSearch(SearchStrategy):
         out: list[Levels] = []
         tries = 0
         while len(out) < self.cfg.offspring:
-            child = mutate(parent, self.levels, self.rng)
+            child = mutate(parent, self.levels, self.rng, self.max_flips)
             tries += 1
             ok = child != parent and child not in out and self.levels.valid(child)
             if ok and lo <= self.levels.cost(child) <= hi:

@@ -54,7 +54,7 @@ def finetune_(model: nn.Module, adapter: ModelAdapter, windows: torch.Tensor, lr
 
 def kl_on_tokens(model: nn.Module, adapter: ModelAdapter, calib: torch.Tensor, reference: torch.Tensor,
                  rows: list[int], tokens: int, head: tuple[torch.Tensor, torch.Tensor | None],
-                 micro_batch: int = 1) -> tuple[float, int]:
+                 micro_batch: int = 1, topk: int = 0) -> tuple[float, int]:
     """(mean KL per scored position, tokens forwarded) over the first `tokens` tokens of windows `rows` of
     `calib` (whole windows, the last one cut), against the dense hidden states `reference` [N, L, H]."""
     seq_len = calib.shape[1]
@@ -68,7 +68,7 @@ def kl_on_tokens(model: nn.Module, adapter: ModelAdapter, calib: torch.Tensor, r
     total, positions, used = 0.0, 0, 0
     for ids, ref in pieces:
         stats = forward_stats(model, adapter, ids, reference=ForwardReference(ref, ("darwinlm",), head),
-                              want=("kl",), micro_batch=micro_batch)
+                              want=("kl",), micro_batch=micro_batch, kl_topk=topk)
         n = ids.shape[0] * (ids.shape[1] - 1)
         total += stats["kl"] * n
         positions += n
@@ -79,17 +79,31 @@ def kl_on_tokens(model: nn.Module, adapter: ModelAdapter, calib: torch.Tensor, r
 class CandidateEvaluator:
     """Scores lists of `Levels` for one `StageTask` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, adapter: ModelAdapter, db: SparsityDatabase, calib: torch.Tensor,
-                 train: torch.Tensor, *, loss_chunk: int = 1024, micro_batch: int = 1) -> None:
+    def __init__(self, model: nn.Module, adapter: ModelAdapter, db: SparsityDatabase | None, calib: torch.Tensor,
+                 train: torch.Tensor, *, loss_chunk: int = 1024, micro_batch: int = 1, topk: int = 0) -> None:
         self.model, self.adapter, self.calib, self.train = model, adapter, calib, train
-        self.loss_chunk, self.micro_batch = loss_chunk, micro_batch
+        self.loss_chunk, self.micro_batch, self.topk = loss_chunk, micro_batch, topk
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)  # only the sliced copies train
         self.reference = prepare_reference(model, adapter, calib, micro_batch).hidden  # dense: before any level moves
-        self.assembler = LevelAssembler(model, adapter, db)
+        self.assembler: LevelAssembler | None = None
+        if db is not None:
+            self.use(db)
         head = adapter.lm_head()
         self.head = (head.weight, head.bias)  # the dense model's: the full-size model is never trained
+
+    def use(self, db: SparsityDatabase) -> None:
+        """Score from `db`'s levels from now on (the model goes back to its original weights first)."""
+        if self.assembler is None:
+            self.assembler = LevelAssembler(self.model, self.adapter, db)
+        else:
+            self.assembler.reset(db)
+
+    def restore(self) -> None:
+        """Give the model its original weights back (e.g. to build the next supernet from it)."""
+        if self.assembler is not None:
+            self.assembler.reset()
 
     def __call__(self, batch: list[Levels], task: StageTask) -> list[tuple[float, dict]]:
         return [self.evaluate(levels, task) for levels in batch]
@@ -113,7 +127,7 @@ class CandidateEvaluator:
             steps = finetune_(small, adapter, self.train[windows], task.lr, self.loss_chunk)
         with torch.no_grad():
             kl, used = kl_on_tokens(small, adapter, self.calib, self.reference, rows, task.eval_tokens, self.head,
-                                    self.micro_batch)
+                                    self.micro_batch, self.topk)
         del small
         info = {"kl": kl, "eval_tokens": used, "finetune_steps": steps,
                 "finetune_tokens": steps * int(self.train.shape[1]), "seconds": time.perf_counter() - t0}

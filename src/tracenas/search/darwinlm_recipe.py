@@ -185,6 +185,10 @@ class DarwinLMRecipe(SearchRecipe):
         summary["search_cost"] = self.search_cost()
         return summary
 
+    def _arch_extra(self) -> dict:
+        """More arch.json keys (a strategy built on this recipe adds its own)."""
+        return {}
+
     def _write_arch(self, best: Candidate | None) -> None:
         if best is None:
             return
@@ -200,6 +204,7 @@ class DarwinLMRecipe(SearchRecipe):
                  "levels": levels.to_dict(), "database": db,
                  "budget_tolerance": cfg.budget_tolerance, "include_embeddings": cfg.include_embeddings,
                  "min_layers": self.space.min_layers, "strategy": cfg.strategy, "search_cost": self.search_cost()}
+        extra |= self._arch_extra()
         af = ArchFile(model=model_info, arch=arch, score=_f(best.score), proxy="kl", budget=self.budget, extra=extra)
         atomic_write_text(self.out / "arch.json", af.to_json() + "\n")
 

@@ -26,12 +26,14 @@ STRATEGY_HELP: dict[str, str] = {
     "uniform": "one candidate, the same ratio in every block",
     "random": "random search, same candidate budget",
     "darwinlm": "DarwinLM: (1+lambda) evolution over database levels, fine-tuned multistep selection",
+    "tyr": "Týr-the-Pruner: rounds of supernet evolution, coarse-to-fine levels, expected-error inputs",
 }
 _CLASSES: dict[str, "str | type[SearchStrategy]"] = {
     "evolution": "tracenas.search.evolution:Evolution",
     "uniform": "tracenas.search.strategies:UniformSearch",
     "random": "tracenas.search.strategies:RandomSearch",
     "darwinlm": "tracenas.search.darwinlm:DarwinLMSearch",
+    "tyr": "tracenas.search.tyr:TyrSearch",
 }
 
 

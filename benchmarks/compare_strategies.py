@@ -1,0 +1,235 @@
+"""Every search strategy through the same export -> recovery -> evaluation, on one footing (issue 18's table).
+
+    OMP_NUM_THREADS=1 python benchmarks/compare_strategies.py runs/compare --budgets 0.6 --seeds 0 1 2 --jobs 2
+    python benchmarks/compare_strategies.py runs/compare --budgets 0.8 --seeds 0          # the 80 % row set
+    python benchmarks/compare_strategies.py runs/compare --table                           # print what is done
+    python benchmarks/compare_strategies.py runs/compare-gpu --device cuda --jobs 8 --threads 2
+
+Rows (`--rows`, default all): the TraceNAS evolution scored by `kl` and by Φ (`phi`), each exported with the
+re-solved weights (`dense` inputs, OBS selection: the `tracenas run` default) and cut only (`-cut`: the same
+searched architecture exported with `--reconstruct none`); `darwinlm` and `tyr` (weights from their own
+database / supernet); `uniform` with and without reconstruction; `random` search (scored by kl). Each run is
+`tracenas run --preset quick` (the quick search, the quick recovery: 100k tokens, same data order and LR for
+every model) in OUT/b<budget>/s<seed>/<row>; a `-cut` row copies its base row's search and runs the
+export / recover / eval stages only. Every model (pruned and recovered) is then evaluated three ways:
+
+* in-domain: held-out perplexity on the Wikipedia eval split (the pipeline's own eval, quick preset);
+* out of domain: perplexity over every document of the Lee news corpus (`lee_background.cor`, 300 ABC news
+  articles shipped in the `gensim` package, a dependency), written to OUT/ood.txt;
+* a local multiple-choice task (`local:analogies.jsonl`): capital-of-country analogies built from gensim's
+  `questions-words.txt` ("Athens is to Greece as Oslo is to", four countries to choose from), OUT/tasks.
+
+Everything is skipped when its outputs exist, so a rerun resumes and `--table` prints. Commands run as
+subprocesses, `--jobs` at a time, at `--threads` threads each. Results: OUT/results.json; the table:
+`benchmarks/compare_table.py OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROWS: dict[str, dict] = {  # name -> how it is searched and exported
+    "evolution-kl": dict(strategy="evolution", proxy="kl", reconstruct="dense"),
+    "evolution-kl-cut": dict(base="evolution-kl", reconstruct="none"),
+    "evolution-phi": dict(strategy="evolution", proxy="phi", reconstruct="dense"),
+    "evolution-phi-cut": dict(base="evolution-phi", reconstruct="none"),
+    "darwinlm": dict(strategy="darwinlm"),
+    "tyr": dict(strategy="tyr"),
+    "uniform": dict(strategy="uniform", reconstruct="dense"),
+    "uniform-cut": dict(base="uniform", reconstruct="none"),
+    "random": dict(strategy="random", proxy="kl", reconstruct="dense"),
+}
+TASK = "analogies"
+
+
+def gensim_data(name: str) -> Path:
+    import gensim
+
+    return Path(gensim.__file__).parent / "test" / "test_data" / name
+
+
+def write_inputs(root: Path, questions: int = 500) -> tuple[Path, Path]:
+    """OUT/ood.txt (the Lee news corpus, one article per line) and OUT/tasks/analogies.jsonl."""
+    ood = root / "ood.txt"
+    if not ood.is_file():
+        lines = [ln.strip() for ln in gensim_data("lee_background.cor").read_text(errors="replace").splitlines()]
+        ood.write_text("\n\n".join(ln for ln in lines if ln) + "\n")
+    task = root / "tasks" / f"{TASK}.jsonl"
+    if not task.is_file():
+        task.parent.mkdir(parents=True, exist_ok=True)
+        pairs, section = [], None
+        for line in gensim_data("questions-words.txt").read_text().splitlines():
+            if line.startswith(":"):
+                section = line[1:].strip()
+                continue
+            if section == "capital-common-countries":
+                pairs.append(line.split())
+        rng = random.Random(0)
+        countries = sorted({p[1] for p in pairs} | {p[3] for p in pairs})
+        rng.shuffle(pairs)
+        rows = []
+        for a, b, c, d in pairs[:questions]:
+            wrong = rng.sample([x for x in countries if x != d], 3)
+            choices = wrong + [d]
+            rng.shuffle(choices)
+            rows.append({"question": f"{a} is the capital of {b}. {c} is the capital of", "choices": choices,
+                         "answer": choices.index(d)})
+        task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ood, task
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root: Path = args.out
+        self.path = self.root / "results.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"runs": {}}
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def tracenas(self, args: list[str], log: Path) -> float:
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        t = time.perf_counter()
+        with open(log, "a") as f:
+            f.write(f"\n$ tracenas {' '.join(args)}\n")
+            f.flush()
+            proc = subprocess.run([sys.executable, "-m", "tracenas", *args, "--threads", str(self.args.threads)],
+                                  env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"tracenas {' '.join(args)} failed (exit {proc.returncode}); see {log}")
+        return time.perf_counter() - t
+
+    def run_dir(self, budget: str, seed: int, row: str) -> Path:
+        return self.root / f"b{budget}" / f"s{seed}" / row
+
+    def common(self) -> list[str]:
+        a = self.args
+        return ["--device", a.device, *(["--data", a.data] if a.data else []),
+                *(["--model", a.model] if a.model else []), *a.extra.split()]
+
+    def one(self, budget: str, seed: int, row: str) -> None:
+        spec, out = ROWS[row], self.run_dir(budget, seed, row)
+        log = out.parent / f"{row}.log"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rec = self.data["runs"].setdefault(f"b{budget}/s{seed}/{row}", {})
+        stages = "search,export,recover,eval"
+        flags = ["--budget", budget, "--seed", str(seed), "--preset", "quick", "--eval-base", "false"]
+        if not self.args.no_tasks:
+            flags += ["--tasks", f"local:{self.root / 'tasks' / (TASK + '.jsonl')}"]
+        if "base" in spec:  # the base row's searched architecture, exported another way
+            base = self.run_dir(budget, seed, spec["base"])
+            while not (base / "search" / "summary.json").is_file():
+                if not getattr(self, "_waiting", True):
+                    return
+                time.sleep(5)
+            if not (out / "arch.json").is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(base / "search", out / "search", dirs_exist_ok=True)
+                for name in ("search.yaml", "history.jsonl"):
+                    shutil.copy2(base / name, out / name)
+                shutil.copy2(base / "arch.json", out / "arch.json")
+            stages = "export,recover,eval"
+            strategy = json.loads((base / "arch.json").read_text()).get("strategy", "evolution")
+            flags += ["--strategy", strategy]
+        else:
+            flags += ["--strategy", spec["strategy"]] + (["--proxy", spec["proxy"]] if spec.get("proxy") else [])
+        if spec.get("reconstruct"):
+            flags += ["--reconstruct", spec["reconstruct"]]
+        if not (out / "eval" / "recovered" / "results.json").is_file():
+            t = self.tracenas(["run", "--out", str(out), "--stages", stages, *flags, *self.common()], log)
+            rec.setdefault("run_s", round(t, 1))
+        for model, name in ((out / "model", "pruned-ood"), (out / "recover" / "model", "recovered-ood")):
+            res = out / "eval" / name / "results.json"
+            if not res.is_file():
+                self.tracenas(["eval", str(model), "--data", str(self.root / "ood.txt"), "--ppl-split", "all",
+                               "--preset", "quick", "--out", str(out / "eval" / name), "--device", self.args.device], log)
+        rec.update(collect(out))
+
+    def all(self) -> None:
+        a = self.args
+        write_inputs(self.root)
+        items = [(b, s, r) for s in a.seeds for b in a.budgets for r in a.rows]
+        # base rows first, so a -cut row never waits on a base that is still queued behind it
+        items.sort(key=lambda x: ("base" in ROWS[x[2]], a.seeds.index(x[1])))
+        failures = []
+
+        def guarded(item):
+            try:
+                self.one(*item)
+            except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
+                failures.append(f"{'/'.join(map(str, item))}: {err}")
+            self.save()
+
+        with ThreadPoolExecutor(a.jobs) as pool:
+            list(pool.map(guarded, items))
+        self.save()
+        for f in failures:
+            print("FAILED", f, file=sys.stderr)
+
+
+def collect(run: Path) -> dict:
+    """The figures of one finished run directory."""
+    def ppl(name: str) -> float | None:
+        p = run / "eval" / name / "results.json"
+        return json.loads(p.read_text())["perplexity"]["ppl"] if p.is_file() else None
+
+    def acc(name: str) -> float | None:
+        p = run / "eval" / name / "results.json"
+        if not p.is_file():
+            return None
+        tasks = json.loads(p.read_text()).get("tasks") or {}
+        vals = next(iter(tasks.values()), None)
+        return vals.get("acc_norm", vals.get("acc")) if isinstance(vals, dict) else None
+
+    arch = json.loads((run / "arch.json").read_text())
+    summary = json.loads((run / "search" / "summary.json").read_text())
+    cost = arch.get("search_cost") or {}
+    out = {"strategy": arch.get("strategy", "evolution"), "proxy": arch.get("proxy"), "params": arch["params"],
+           "budget": arch["budget"], "blocks_kept": arch["num_layers_kept"], "blocks": len(arch["layers"]),
+           "candidate_evaluations": cost.get("candidate_evaluations", summary.get("candidates_scored")),
+           "search_tokens_trained": cost.get("finetune_tokens", 0),
+           "search_wall_s": cost.get("wall_seconds", summary.get("wall_seconds_this_session")),
+           "device": summary.get("device"),
+           "zero_shot": ppl("pruned"), "recovered": ppl("recovered"), "zero_shot_ood": ppl("pruned-ood"),
+           "recovered_ood": ppl("recovered-ood"), "task_zero_shot": acc("pruned"), "task_recovered": acc("recovered")}
+    rec = run / "model" / "reconstruction.json"
+    out["export"] = "reconstructed" if rec.is_file() else ("database" if arch.get("levels") else "cut")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--budgets", nargs="+", default=["0.6"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default=None, help="another base model (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--data", default=None, help="another in-domain corpus (default: the embedded Wikipedia; a .jsonl "
+                                                 "of its documents gives the same splits)")
+    ap.add_argument("--no-tasks", action="store_true", help="skip the local multiple-choice task (no lm-eval)")
+    ap.add_argument("--extra", default="", help="more `tracenas run` flags for every row, e.g. '--iterations 2'")
+    ap.add_argument("--table", action="store_true", help="only print the table of what is done")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        Bench(args).all()
+    subprocess.run([sys.executable, str(Path(__file__).parent / "compare_table.py"), str(args.out)], check=False)
+
+
+if __name__ == "__main__":
+    main()
