@@ -8,7 +8,9 @@
 Rows (`--rows`, default all): the TraceNAS evolution scored by `kl` and by Φ (`phi`), each exported with the
 re-solved weights (`dense` inputs, OBS selection: the `tracenas run` default) and cut only (`-cut`: the same
 searched architecture exported with `--reconstruct none`); `darwinlm` and `tyr` (weights from their own
-database / supernet); `uniform` with and without reconstruction; `random` search (scored by kl). Each run is
+database / supernet); `uniform` with and without reconstruction; `random` search (scored by kl); `depth`,
+ShortGPT's depth-only baseline (drop the blocks of lowest Block Influence; `--min-layers 1` so that it can
+reach the budget). Each run is
 `tracenas run --preset quick` (the quick search, the quick recovery: 100k tokens, same data order and LR for
 every model) in OUT/b<budget>/s<seed>/<row>; a `-cut` row copies its base row's search and runs the
 export / recover / eval stages only. Every model (pruned and recovered) is then evaluated three ways:
@@ -47,6 +49,8 @@ ROWS: dict[str, dict] = {  # name -> how it is searched and exported
     "uniform": dict(strategy="uniform", reconstruct="dense"),
     "uniform-cut": dict(base="uniform", reconstruct="none"),
     "random": dict(strategy="random", proxy="kl", reconstruct="dense"),
+    # ShortGPT: whole blocks only, as many as the budget needs (more than --min-layers' default allows)
+    "depth": dict(strategy="depth", proxy="kl", reconstruct="dense", flags=["--min-layers", "1"]),
 }
 TASK = "analogies"
 
@@ -145,6 +149,7 @@ class Bench:
             flags += ["--strategy", strategy]
         else:
             flags += ["--strategy", spec["strategy"]] + (["--proxy", spec["proxy"]] if spec.get("proxy") else [])
+            flags += spec.get("flags", [])
         if spec.get("reconstruct"):
             flags += ["--reconstruct", spec["reconstruct"]]
         if not (out / "eval" / "recovered" / "results.json").is_file():

@@ -44,6 +44,10 @@ TYR_PRESETS: dict[str, dict] = {
 TYR_FIELDS = ("rounds", "supernet_levels", "level_step")
 
 
+def _tyr(key: str) -> str:
+    return ", ".join(f"{name} {values[key]}" for name, values in TYR_PRESETS.items())
+
+
 def preset_help(key: str, text: str, presets: dict[str, dict] | None = None) -> str:
     """`text (preset: paper 30, quick 8)`: what each preset (the search's by default) sets when the flag is left out."""
     presets = PRESETS if presets is None else presets
@@ -86,12 +90,14 @@ class SearchConfig:
     budget_dtype: str = opt("bfloat16", "bytes per value for --budget-memory", choices=("float32", "bfloat16", "float16"))
     budget_context: int = opt(4096, "context length (tokens) for --budget-memory's KV cache and --budget-flops")
     budget_batch: int = opt(1, "sequences in the KV cache for --budget-memory")
-    offspring: int | None = opt(None, preset_help("offspring", "darwinlm: children per generation (λ)",
-                                                  DARWINLM_PRESETS))
-    survivors: str | None = opt(None, preset_help("survivors", "darwinlm: survivors after each selection stage, "
-                                                  "comma-separated, ending in 1", DARWINLM_PRESETS))
-    stage_tokens: str | None = opt(None, preset_help("stage_tokens", "darwinlm: tokens each stage scores a "
-                                                     "candidate on (KL to the dense model)", DARWINLM_PRESETS))
+    offspring: int | None = opt(None, preset_help("offspring", "darwinlm / tyr: children per generation (λ)",
+                                                  DARWINLM_PRESETS) + "; tyr: " + _tyr("offspring"))
+    survivors: str | None = opt(None, preset_help("survivors", "darwinlm / tyr: survivors after each selection stage, "
+                                                  "comma-separated (darwinlm: ending in 1)", DARWINLM_PRESETS)
+                                + "; tyr: " + _tyr("survivors"))
+    stage_tokens: str | None = opt(None, preset_help("stage_tokens", "darwinlm / tyr: tokens each stage scores a "
+                                                     "candidate on (KL to the dense model)", DARWINLM_PRESETS)
+                                   + "; tyr: " + _tyr("stage_tokens"))
     finetune_tokens: str | None = opt(None, preset_help("finetune_tokens", "darwinlm: tokens each stage fine-tunes "
                                                         "a candidate on before scoring it (0: none)", DARWINLM_PRESETS))
     finetune_lr: float | None = opt(None, preset_help("finetune_lr", "darwinlm: AdamW learning rate of the "

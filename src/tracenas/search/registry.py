@@ -27,6 +27,7 @@ STRATEGY_HELP: dict[str, str] = {
     "random": "random search, same candidate budget",
     "darwinlm": "DarwinLM: (1+lambda) evolution over database levels, fine-tuned multistep selection",
     "tyr": "Týr-the-Pruner: rounds of supernet evolution, coarse-to-fine levels, expected-error inputs",
+    "depth": "depth-only baseline: drop the blocks of lowest Block Influence (ShortGPT)",
 }
 _CLASSES: dict[str, "str | type[SearchStrategy]"] = {
     "evolution": "tracenas.search.evolution:Evolution",
@@ -34,6 +35,7 @@ _CLASSES: dict[str, "str | type[SearchStrategy]"] = {
     "random": "tracenas.search.strategies:RandomSearch",
     "darwinlm": "tracenas.search.darwinlm:DarwinLMSearch",
     "tyr": "tracenas.search.tyr:TyrSearch",
+    "depth": "tracenas.search.depth:DepthSearch",
 }
 
 
