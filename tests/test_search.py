@@ -332,3 +332,19 @@ def test_dry_run_cli_prints_the_plan_and_writes_nothing(tiny_model_dir, tmp_path
     assert main(["search", "--model", str(tiny_model_dir), "--out", str(out), "--dry-run", *flags,
                  "--strategy", "uniform"]) == 0
     assert "at most 1\n" in capsys.readouterr().out and not out.exists()
+
+
+def test_every_seed_calibrates_on_the_same_split(tiny_model_dir, tmp_path):
+    """--seed changes the search, never the data split: a seed-1 search must not calibrate on documents of the
+    held-out split that every model is evaluated on (split seed 0)."""
+    import safetensors.torch
+    import torch
+
+    anchors = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), strategy="uniform", num_sequences=2,
+                                seq_len=16, seed=seed, budget_tolerance=0.1, threads=1), progress=False)
+        anchors.append(safetensors.torch.load_file(str(out / "search" / "anchor.safetensors")))
+    assert anchors[0].keys() == anchors[1].keys()
+    assert all(torch.equal(anchors[0][k], anchors[1][k]) for k in anchors[0])

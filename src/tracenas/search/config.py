@@ -118,7 +118,8 @@ class SearchConfig:
                                       "quantization noise (GGUF files): one tensor, counted once")
     include_embeddings: bool = opt(True, "count embeddings/lm_head in the budget (the paper does)")
     loss_chunk: int = opt(1024, "positions per lm_head chunk: the full logits tensor is never materialized")
-    seed: int = opt(0, "seed for the calibration split, LoRA probes and the evolution")
+    seed: int = opt(0, "seed for the LoRA probes and the search's RNG (the data splits are fixed: every seed is calibrated "
+                        "on the same calibration split and evaluated on the same held-out split)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
     dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
                      choices=("auto", "float32", "bfloat16", "float16"))

@@ -57,7 +57,7 @@ class DarwinLMRecipe(SearchRecipe):
         cfg = self.strategy_config()
         windows = max(1, 2 * math.ceil(max(cfg.train_tokens) / self.cfg.seq_len)) if max(cfg.train_tokens) else 1
         self.train_windows = data_mod.token_batches(self.tokenizer, self.cfg.data, split="train",
-                                                    num_sequences=windows, seq_len=self.cfg.seq_len, seed=self.cfg.seed)
+                                                    num_sequences=windows, seq_len=self.cfg.seq_len)
         if max(cfg.eval_tokens) > self.batches.numel():
             raise TracenasError(f"a stage scores {max(cfg.eval_tokens):,} tokens but the calibration pool holds "
                                 f"{self.batches.numel():,} ({self.cfg.num_sequences} x {self.cfg.seq_len}): raise "
@@ -98,7 +98,7 @@ class DarwinLMRecipe(SearchRecipe):
                                     "checksum differs): pass the same --model")
             return db
         spec = DatabaseSpec.default(self.space, cfg.database_levels, sequences=cfg.num_sequences, seq_len=cfg.seq_len,
-                                    data=cfg.data, seed=cfg.seed, micro_batch=cfg.micro_batch)
+                                    data=cfg.data, micro_batch=cfg.micro_batch)
         log.info("sparsity-level database in %s (%d attention, %d MLP levels)", self.db_path, len(spec.attn_units),
                  len(spec.mlp_widths))
         source = self.source.spec if self.source is not None else None

@@ -285,8 +285,10 @@ class SearchRecipe:
         from tracenas import data as data_mod
 
         cfg = self.cfg
+        # the document split is always split seed 0, whatever --seed: the eval split every model is measured on
+        # must never be calibration text of another seed's search
         self.batches = data_mod.token_batches(self.tokenizer, cfg.data, split="calibration",
-                                              num_sequences=cfg.num_sequences, seq_len=cfg.seq_len, seed=cfg.seed)
+                                              num_sequences=cfg.num_sequences, seq_len=cfg.seq_len)
 
     def _setup_scorer(self) -> None:
         """Importance (or the saved anchor on resume), base traces for gradient proxies, and the Scorer."""

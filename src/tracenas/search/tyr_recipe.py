@@ -80,7 +80,7 @@ class TyrRecipe(DarwinLMRecipe):
         """Build (rank 0) or open round `rnd`'s supernet and score from it."""
         cfg = self.cfg
         self.db_path = round_path(self.main_out, rnd)
-        spec = DatabaseSpec((), (), sequences=cfg.num_sequences, seq_len=cfg.seq_len, data=cfg.data, seed=cfg.seed,
+        spec = DatabaseSpec((), (), sequences=cfg.num_sequences, seq_len=cfg.seq_len, data=cfg.data,
                             micro_batch=cfg.micro_batch, inputs="expected",
                             per_block=tuple(levels.per_block))  # type: ignore[arg-type]
         step = round_step(self.strategy.cfg, rnd)
