@@ -75,6 +75,8 @@ class RunConfig:
     database: str | None = opt(None, "darwinlm: sparsity-level database (default: built in OUT/database)")
     rounds: int | None = opt(None, preset_help("rounds", "tyr: prune-and-search rounds", TYR_PRESETS))
     fitness: str = opt("kl", "tyr: exact kl or the official top-k sparse_kl", choices=("kl", "sparse_kl"))
+    supernet_inputs: str = opt("expected", "tyr: supernet calibration inputs (see `tracenas search --help`)",
+                               choices=("expected", "expected-uniform", "dense"))
     rank: int | None = opt(None, preset_help("rank", "LoRA probe rank"))
     min_layers: int | None = opt(None, "minimum kept blocks (default: half)")
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
@@ -139,7 +141,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               budget_batch=cfg.budget_batch, tie_embeddings=cfg.tie_embeddings,
                               offspring=cfg.offspring, survivors=cfg.survivors, stage_tokens=cfg.stage_tokens,
                               finetune_tokens=cfg.finetune_tokens, finetune_lr=cfg.finetune_lr,
-                              database=cfg.database, rounds=cfg.rounds, fitness=cfg.fitness).resolved()
+                              database=cfg.database, rounds=cfg.rounds, fitness=cfg.fitness,
+                              supernet_inputs=cfg.supernet_inputs).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
     reconstruction_settings(cfg)  # bad export options fail before any work
     from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch

@@ -108,6 +108,10 @@ class SearchConfig:
                                                         "supernet (K, odd)", TYR_PRESETS))
     level_step: float | None = opt(None, preset_help("level_step", "tyr: round 0's step between levels, as a "
                                                      "fraction of the sub-block", TYR_PRESETS))
+    supernet_inputs: str = opt("expected", "tyr: what each block's supernet levels are calibrated on: the blocks above "
+                                           "at their expected levels (density-weighted, or every level alike), or "
+                                           "the dense model (docs/tyr.md)",
+                               choices=("expected", "expected-uniform", "dense"))
     fitness: str = opt("kl", "tyr: exact KL to the dense model, or the official top-k sparse KL",
                        choices=("kl", "sparse_kl"))
     topk: int = opt(8192, "tyr: tokens kept by --fitness sparse_kl")

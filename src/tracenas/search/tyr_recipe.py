@@ -81,12 +81,12 @@ class TyrRecipe(DarwinLMRecipe):
         cfg = self.cfg
         self.db_path = round_path(self.main_out, rnd)
         spec = DatabaseSpec((), (), sequences=cfg.num_sequences, seq_len=cfg.seq_len, data=cfg.data,
-                            micro_batch=cfg.micro_batch, inputs="expected",
+                            micro_batch=cfg.micro_batch, inputs=cfg.supernet_inputs,
                             per_block=tuple(levels.per_block))  # type: ignore[arg-type]
         step = round_step(self.strategy.cfg, rnd)
-        log.info("round %d/%d: supernet with level step %.4g%% (%d attention and %d MLP levels in block 0) in %s",
-                 rnd + 1, self.strategy.cfg.rounds, 100 * step, len(levels.table(0, "attn")),
-                 len(levels.table(0, "mlp")), self.db_path)
+        log.info("round %d/%d: supernet with level step %.4g%% (%d attention and %d MLP levels in block 0, %s "
+                 "inputs) in %s", rnd + 1, self.strategy.cfg.rounds, 100 * step, len(levels.table(0, "attn")),
+                 len(levels.table(0, "mlp")), cfg.supernet_inputs, self.db_path)
         t0 = time.perf_counter()
         self.evaluator.restore()  # the supernet is cut from the original weights
         if is_main():
