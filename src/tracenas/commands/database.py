@@ -82,8 +82,10 @@ def describe(db) -> str:
     shape = fp["model"]["shape"]
     lines = [f"database {db.path} ({'complete' if db.complete else 'incomplete: run build again to resume'})",
              f"  model: {fp['model']['source']} ({shape['num_layers']} blocks, checksum {fp['model']['checksum']})",
-             f"  attention levels (units kept): {list(db.attn_units)}",
-             f"  MLP levels (channels kept): {list(db.mlp_widths)}",
+             *([f"  attention levels (units kept): {list(db.attn_units)}",
+                f"  MLP levels (channels kept): {list(db.mlp_widths)}"] if db.per_block is None else
+               [f"  per-block levels (a tyr supernet round), block {i}: attention {list(a)}, MLP {list(m)}"
+                for i, (a, m) in enumerate(db.per_block)]),
              f"  method: {fp['method']}",
              f"  on disk: {db.disk_bytes() / 1e6:.1f} MB"]
     return "\n".join(lines)

@@ -182,41 +182,40 @@ class SearchConfig:
                 raise TracenasError("--strategy darwinlm scores by KL to the dense model: leave --proxy out or use kl")
             if self.finetune_lr is not None and self.finetune_lr < 0:
                 raise TracenasError(f"--finetune-lr must be >= 0, got {self.finetune_lr}")
-            if self.offspring is not None and self.offspring < 1:
-                raise TracenasError(f"--offspring must be a positive integer, got {self.offspring}")
-            for name in ("survivors", "stage_tokens", "finetune_tokens"):
-                value = getattr(self, name)
-                try:
-                    if value is not None and not [int(float(x)) for x in str(value).split(",") if x.strip()]:
-                        raise ValueError
-                except ValueError:
-                    raise TracenasError(f"--{name.replace('_', '-')} must be comma-separated integers, "
-                                        f"got {value!r}") from None
+            self._check_positive("offspring")
+            self._check_int_lists("survivors", "stage_tokens", "finetune_tokens")
             if self.database_levels < 2:
                 raise TracenasError(f"--database-levels must be at least 2, got {self.database_levels}")
         elif self.strategy == "tyr":
             if self.proxy not in (None, "kl"):
                 raise TracenasError("--strategy tyr scores by KL to the dense model: leave --proxy out or use kl "
                                     "(--fitness sparse_kl for the top-k variant)")
-            for name in ("offspring", "rounds", "supernet_levels"):
-                value = getattr(self, name)
-                if value is not None and int(value) < 1:
-                    raise TracenasError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+            self._check_positive("offspring", "rounds", "supernet_levels")
             if self.level_step is not None and not 0 < self.level_step <= 0.5:
                 raise TracenasError(f"--level-step must be in (0, 0.5], got {self.level_step}")
             if self.topk < 1:
                 raise TracenasError(f"--topk must be at least 1, got {self.topk}")
-            for name in ("survivors", "stage_tokens"):
-                value = getattr(self, name)
-                try:
-                    if value is not None and not [int(float(x)) for x in str(value).split(",") if x.strip()]:
-                        raise ValueError
-                except ValueError:
-                    raise TracenasError(f"--{name.replace('_', '-')} must be comma-separated integers, "
-                                        f"got {value!r}") from None
+            self._check_int_lists("survivors", "stage_tokens")
         elif self.strategy != "uniform" and elites >= population:
             raise TracenasError(f"--elites ({elites}) must be smaller than --population ({population}): "
                                 "every generation needs room for new candidates")
+
+    def _check_positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise TracenasError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+    def _check_int_lists(self, *names: str) -> None:
+        """Each of `names` (if set) is comma-separated integers."""
+        for name in names:
+            value = getattr(self, name)
+            try:
+                if value is not None and not [int(float(x)) for x in str(value).split(",") if x.strip()]:
+                    raise ValueError
+            except ValueError:
+                raise TracenasError(f"--{name.replace('_', '-')} must be comma-separated integers, "
+                                    f"got {value!r}") from None
 
     def prior_power_list(self) -> tuple[float, ...]:
         try:
