@@ -99,8 +99,11 @@ class Bench:
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"runs": {}}
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        """Merge this process's runs into results.json (another invocation may be filling other rows)."""
+        on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {"runs": {}}
+        on_disk["runs"].update({k: v for k, v in self.data["runs"].items() if v})
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(on_disk, indent=2, sort_keys=True))
         os.replace(tmp, self.path)
 
     def tracenas(self, args: list[str], log: Path) -> float:
