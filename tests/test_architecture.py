@@ -128,6 +128,7 @@ LAYERS = [
     ("strategies", ("search.strategy", "search.operators", "search.evolution", "search.strategies", "search.state",
                     "search.config", "search.darwinlm", "search")),
     ("stages", ("search.runner", "search.plan", "search.darwinlm_eval", "search.darwinlm_recipe", "search.rank_split",
+                "search.tyr_recipe", "search.depth_recipe",
                 "export", "gguf_export", "gguf_tokenizer", "recover", "evaluate", "bench",
                 "validate", "report")),
     ("pipeline", ("pipeline",)),
