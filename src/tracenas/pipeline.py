@@ -82,8 +82,8 @@ class RunConfig:
     budget_tolerance: float = opt(0.02, "candidates must land in [C*(1-tol), C] parameters")
     # export
     reconstruct: str = opt("dense", "re-solve the kept weights at export by least squares on calibration text (see "
-                                  "`tracenas export --help`): dense inputs (default: best after recovery at 60 %, a tie or "
-                                  "slightly worse at 80 %; docs/reconstruction.md), sequential, or none (cut only)",
+                                  "`tracenas export --help`): dense inputs (default: best after recovery at 60 percent, a tie or "
+                                  "slightly worse at 80 percent; docs/reconstruction.md), sequential, or none (cut only)",
                            choices=["dense", "sequential", "none"])
     importance: str | None = opt(None, "which heads / channels the export keeps: obs (default with --reconstruct) or "
                                        "wanda (the search's ranking; the default with --reconstruct none)",
