@@ -199,7 +199,8 @@ def collect(run: Path) -> dict:
             return None
         tasks = json.loads(p.read_text()).get("tasks") or {}
         vals = next(iter(tasks.values()), None)
-        return vals.get("acc_norm", vals.get("acc")) if isinstance(vals, dict) else None
+        # plain accuracy: the choices are country names, and length normalization only adds noise there
+        return vals.get("acc", vals.get("acc_norm")) if isinstance(vals, dict) else None
 
     arch = json.loads((run / "arch.json").read_text())
     summary = json.loads((run / "search" / "summary.json").read_text())

@@ -300,7 +300,7 @@ def format_results(results: dict) -> str:
     rows = [("task", "shots", "metric", "value", "stderr")]
     if "perplexity" in results:
         p = results["perplexity"]
-        rows.append((f"perplexity ({p['data']}/eval)", "-", f"ppl@{p['seq_len']}", f"{p['ppl']:.3f}",
+        rows.append((f"perplexity ({p['data']}/{p.get('split', 'eval')})", "-", f"ppl@{p['seq_len']}", f"{p['ppl']:.3f}",
                      f"{p['tokens']:,} tok"))
     for name, entry in results.get("tasks", {}).items():
         for metric in _METRICS:
