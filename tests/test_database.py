@@ -173,3 +173,32 @@ def test_cli_build_and_info(tmp_path, capsys, monkeypatch):
     assert main(args[:-2] + ["--calib-seq-len", "24"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert main(["database", "info", str(tmp_path / "none")]) == 2
+
+
+def test_killed_expected_input_build_resumes_byte_identical(tokenizer, tmp_path, monkeypatch):
+    """A tyr supernet round (per-block levels, expected inputs): the resumed build rebuilds the expected stream
+    from the blocks already on disk and ends byte-identical to an uninterrupted one."""
+    per_block = (((3, 2, 1), (96, 64, 32)), ((2, 1, 0), (64, 32, 0)), ((3, 2), (96, 64)), ((1, 0), (32, 0)))
+    spec = database.DatabaseSpec((), (), sequences=SEQS, seq_len=SEQ_LEN, inputs="expected", per_block=per_block)
+
+    def run(out):
+        model = make_tiny("llama-gqa")
+        return database.build_database(model, get_adapter(model), tokenizer, out, spec, progress=False)
+
+    run(tmp_path / "whole")
+    real = database._write_block
+    calls = []
+
+    def dies_on_third(path, i, tensors):
+        calls.append(i)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, i, tensors)
+
+    monkeypatch.setattr(database, "_write_block", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    monkeypatch.setattr(database, "_write_block", real)
+    db = run(tmp_path / "resumed")
+    assert files(tmp_path / "resumed") == files(tmp_path / "whole")
+    assert db.per_block == per_block and db.manifest["fingerprint"]["method"]["inputs"] == "expected"
