@@ -238,7 +238,7 @@ def test_presets_flags_and_the_sparse_kl():
             paper.initial_step) == (128, (16, 4, 2), (2048, 16384, 131072), 50, 4, 9, 0.125)
     assert TyrSearch.config_from(SearchConfig(strategy="tyr", rounds=2, fitness="sparse_kl", topk=64,
                                               supernet_levels=5).resolved()).topk == 64
-    for bad in (dict(proxy="phi"), dict(level_step=0.9), dict(topk=0), dict(survivors="a")):
+    for bad in (dict(proxy="phi"), dict(level_step=0.9), dict(topk=0), dict(survivors="a"), dict(database_seq_len=0)):
         with pytest.raises(TracenasError):
             SearchConfig(strategy="tyr", **bad)
     # the top-k KL over every token is the exact KL; over fewer it differs
@@ -265,6 +265,7 @@ def test_export_is_the_assembled_candidate_and_the_pipeline_runs(tiny_model_dir,
     knobs = {k: TINY[k] for k in ("num_sequences", "seq_len", "offspring", "survivors", "stage_tokens", "budget",
                                   "budget_tolerance", "min_layers", "rounds")}
     cfg = RunConfig(model=str(tiny_model_dir), out=str(out), strategy="tyr", iterations=1, threads=1,
+                    database_sequences=2, database_seq_len=48,
                     recover_tokens="2k", recover_seq_len=32, ppl_max_tokens=512, bench_prompt_len=16, bench_gen_len=4,
                     bench_trials=1, **knobs)
     run_pipeline(cfg, progress=False)
@@ -284,6 +285,8 @@ def test_export_is_the_assembled_candidate_and_the_pipeline_runs(tiny_model_dir,
     with torch.no_grad():
         torch.testing.assert_close(small(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
     assert sum(p.numel() for p in small.parameters()) == arch["params"]
+    method = db.manifest["fingerprint"]["method"]  # the supernet's own calibration size, not the search pool's
+    assert (method["sequences"], method["seq_len"]) == (2, 48)
     assert export_run  # the pipeline's export is export_run
 
 

@@ -74,6 +74,10 @@ class RunConfig:
                                                       DARWINLM_PRESETS))
     database: str | None = opt(None, "darwinlm: sparsity-level database (default: built in OUT/database)")
     rounds: int | None = opt(None, preset_help("rounds", "tyr: prune-and-search rounds", TYR_PRESETS))
+    database_sequences: int | None = opt(None, "darwinlm / tyr: database / supernet calibration windows (default: "
+                                               "--num-sequences)")
+    database_seq_len: int | None = opt(None, "darwinlm / tyr: tokens per database / supernet calibration window "
+                                             "(default: --seq-len)")
     fitness: str = opt("kl", "tyr: exact kl or the official top-k sparse_kl", choices=("kl", "sparse_kl"))
     supernet_inputs: str = opt("expected", "tyr: supernet calibration inputs (see `tracenas search --help`)",
                                choices=("expected", "expected-uniform", "dense"))
@@ -142,7 +146,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True) -> dict:
                               offspring=cfg.offspring, survivors=cfg.survivors, stage_tokens=cfg.stage_tokens,
                               finetune_tokens=cfg.finetune_tokens, finetune_lr=cfg.finetune_lr,
                               database=cfg.database, rounds=cfg.rounds, fitness=cfg.fitness,
-                              supernet_inputs=cfg.supernet_inputs).resolved()
+                              supernet_inputs=cfg.supernet_inputs, database_sequences=cfg.database_sequences,
+                              database_seq_len=cfg.database_seq_len).resolved()
     cfg = dataclasses.replace(cfg, proxy=search_cfg.proxy)  # the preset's proxy, recorded in run.yaml
     reconstruction_settings(cfg)  # bad export options fail before any work
     from tracenas.device import using_threads  # here: `tracenas run --help` reads this module without torch

@@ -118,6 +118,10 @@ class SearchConfig:
     database: str | None = opt(None, "darwinlm: sparsity-level database (`tracenas database build`); default: built "
                                      "in OUT/database on the calibration windows")
     database_levels: int = opt(11, "darwinlm: MLP levels of a database built in OUT/database")
+    database_sequences: int | None = opt(None, "darwinlm / tyr: calibration windows of the database / supernet they "
+                                               "build (default: --num-sequences; the export re-solves on 16)")
+    database_seq_len: int | None = opt(None, "darwinlm / tyr: tokens per database / supernet calibration window "
+                                             "(default: --seq-len; the export re-solves on 512)")
     tie_embeddings: bool = opt(False, "tie an output head stored apart from the embeddings but equal to them up to "
                                       "quantization noise (GGUF files): one tensor, counted once")
     include_embeddings: bool = opt(True, "count embeddings/lm_head in the budget (the paper does)")
@@ -146,7 +150,7 @@ class SearchConfig:
         if self.strategy not in strategy_names():
             raise TracenasError(f"unknown strategy {self.strategy!r}; choose from {', '.join(strategy_names())}")
         for name in ("num_sequences", "seq_len", "rank", "population", "elites", "iterations", "micro_batch",
-                     "loss_chunk"):
+                     "loss_chunk", "database_sequences", "database_seq_len"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise TracenasError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")

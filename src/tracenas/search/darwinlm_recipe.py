@@ -97,7 +97,8 @@ class DarwinLMRecipe(SearchRecipe):
                 raise TracenasError(f"the database in {self.db_path} was built from another model (weights "
                                     "checksum differs): pass the same --model")
             return db
-        spec = DatabaseSpec.default(self.space, cfg.database_levels, sequences=cfg.num_sequences, seq_len=cfg.seq_len,
+        spec = DatabaseSpec.default(self.space, cfg.database_levels, sequences=cfg.database_sequences or cfg.num_sequences,
+                                    seq_len=cfg.database_seq_len or cfg.seq_len,
                                     data=cfg.data, micro_batch=cfg.micro_batch)
         log.info("sparsity-level database in %s (%d attention, %d MLP levels)", self.db_path, len(spec.attn_units),
                  len(spec.mlp_widths))

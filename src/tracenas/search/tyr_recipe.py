@@ -80,7 +80,8 @@ class TyrRecipe(DarwinLMRecipe):
         """Build (rank 0) or open round `rnd`'s supernet and score from it."""
         cfg = self.cfg
         self.db_path = round_path(self.main_out, rnd)
-        spec = DatabaseSpec((), (), sequences=cfg.num_sequences, seq_len=cfg.seq_len, data=cfg.data,
+        spec = DatabaseSpec((), (), sequences=cfg.database_sequences or cfg.num_sequences,
+                            seq_len=cfg.database_seq_len or cfg.seq_len, data=cfg.data,
                             micro_batch=cfg.micro_batch, inputs=cfg.supernet_inputs,
                             per_block=tuple(levels.per_block))  # type: ignore[arg-type]
         step = round_step(self.strategy.cfg, rnd)
