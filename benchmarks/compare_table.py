@@ -5,7 +5,7 @@
 
 Reads every finished run directory OUT/b<budget>/s<seed>/<row> (arch.json, search/summary.json and its evals;
 `compare_strategies.collect`), so it also shows runs whose results.json was not yet written. One row per
-(root, budget, strategy row): means over seeds, with the spread (sample standard deviation, n >= 2) after
+(budget, strategy row, export, device), over every root given: means over seeds, with the spread (sample standard deviation, n >= 2) after
 "±". Columns: parameters, blocks kept, in-domain and out-of-domain perplexity zero-shot and after recovery,
 the local task's accuracy after recovery, candidate evaluations, tokens trained during the search and the
 search's wall time. Then, per budget, which row wins on zero-shot and on recovered in-domain perplexity,
@@ -28,16 +28,23 @@ COLUMNS = ("zero_shot", "recovered", "zero_shot_ood", "recovered_ood", "task_rec
 
 
 def runs(root: Path) -> list[dict]:
+    """Every finished run under `root`: OUT/b<budget>/s<seed>/<row> (compare_strategies.py), or OUT/<row> with its
+    seed in run.yaml (the layout of compare_strategies.sh and of the README's earlier replicate tables)."""
+    import yaml
+
     out = []
+    done = lambda run: (run / "arch.json").is_file() and (run / "search" / "summary.json").is_file()  # noqa: E731
     for run in sorted(root.glob("b*/s*/*")):
-        if not (run / "arch.json").is_file() or not (run / "search" / "summary.json").is_file():
-            continue
-        rec = collect(run)
-        rec.update(root=str(root), budget=run.parent.parent.name[1:], seed=int(run.parent.name[1:]), row=run.name)
-        out.append(rec)
+        if done(run):
+            out.append(collect(run) | dict(budget=run.parent.parent.name[1:], seed=int(run.parent.name[1:]),
+                                           row=run.name))
+    for run in sorted(root.iterdir()):
+        if done(run) and (run / "run.yaml").is_file():
+            rec = collect(run)
+            seed = yaml.safe_load((run / "run.yaml").read_text()).get("seed", 0)
+            out.append(rec | dict(budget=f"{rec['budget'] / json.loads((run / 'arch.json').read_text())['base_params']:.2g}",
+                                  seed=int(seed), row=run.name))
     return out
-
-
 def stat(values: list) -> tuple[float, float, int]:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
@@ -53,37 +60,38 @@ def fmt(values: list, digits: int = 2) -> str:
 
 
 def table(all_runs: list[dict]) -> tuple[str, list[dict]]:
+    """Replicates are the runs of one (budget, row, export, device), from any of the roots."""
     groups: dict[tuple, list[dict]] = {}
     order = {name: i for i, name in enumerate(ROWS)}
     for r in all_runs:
-        groups.setdefault((r["root"], r["budget"], r["row"]), []).append(r)
+        groups.setdefault((r["budget"], r["row"], r["export"], r["device"]), []).append(r)
     lines, rows = [], []
     head = ("| budget | row | export | seeds | params | blocks | PPL zero-shot | PPL recovered | OOD zero-shot | "
             "OOD recovered | task acc (recovered) | candidates | tokens trained in search | search s | device |")
-    for key in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], 99))):
+    for key in sorted(groups, key=lambda k: (k[0], k[3], order.get(k[1], 99), k[2])):
         rs = groups[key]
-        root, budget, row = key
-        if not lines or rows and (rows[-1]["root"], rows[-1]["budget"]) != (root, budget):
-            lines += ["", f"**{root}, budget {float(budget):.0%}**", "", head, "|" + "---|" * 2 + "---|" * 2
+        budget, row, export, device = key
+        if not rows or (rows[-1]["budget"], rows[-1]["device"]) != (budget, device):
+            lines += ["", f"**budget {float(budget):.0%}, {device}**", "", head, "|" + "---|" * 2 + "---|" * 2
                       + "---:|" * 11]
-        summary = {"root": root, "budget": budget, "row": row, "seeds": sorted(r["seed"] for r in rs),
-                   **{c: stat([r[c] for r in rs])[0] for c in COLUMNS}}
+        summary = {"budget": budget, "device": device, "row": row, "export": export,
+                   "seeds": sorted(r["seed"] for r in rs), **{c: stat([r[c] for r in rs])[0] for c in COLUMNS}}
         rows.append(summary)
-        lines.append(f"| {float(budget):.0%} | {row} | {rs[0]['export']} | {len(rs)} | "
+        lines.append(f"| {float(budget):.0%} | {row} | {export} | {len(rs)} | "
                      f"{statistics.fmean(r['params'] for r in rs) / 1e6:.2f}M | "
                      f"{fmt([r['blocks_kept'] for r in rs], 1)}/{rs[0]['blocks']} | {fmt([r['zero_shot'] for r in rs], 1)} | "
                      f"{fmt([r['recovered'] for r in rs])} | {fmt([r['zero_shot_ood'] for r in rs], 1)} | "
                      f"{fmt([r['recovered_ood'] for r in rs])} | {fmt([r['task_recovered'] for r in rs], 3)} | "
                      f"{fmt([r['candidate_evaluations'] for r in rs], 0)} | {fmt([r['search_tokens_trained'] for r in rs], 0)} | "
-                     f"{fmt([r['search_wall_s'] for r in rs], 0)} | {rs[0]['device']} |")
-    for root, budget in sorted({(r["root"], r["budget"]) for r in rows}):
-        these = [r for r in rows if (r["root"], r["budget"]) == (root, budget)]
+                     f"{fmt([r['search_wall_s'] for r in rs], 0)} | {device} |")
+    for budget, device in sorted({(r["budget"], r["device"]) for r in rows}):
+        these = [r for r in rows if (r["budget"], r["device"]) == (budget, device)]
         best = {c: min((r for r in these if math.isfinite(r[c])), key=lambda r: r[c], default=None)
                 for c in ("zero_shot", "recovered", "recovered_ood")}
         if best["recovered"] is None or best["zero_shot"] is None:
             continue
         same = best["zero_shot"]["row"] == best["recovered"]["row"]
-        lines += ["", f"{root} at {float(budget):.0%}: best zero-shot `{best['zero_shot']['row']}`, best recovered "
+        lines += ["", f"{float(budget):.0%} on {device}: best zero-shot `{best['zero_shot']['row']}`, best recovered "
                   f"`{best['recovered']['row']}`" + ("" if same else " (the winners differ)")
                   + (f", best recovered out of domain `{best['recovered_ood']['row']}`" if best["recovered_ood"] else "")
                   + "."]
