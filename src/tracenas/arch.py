@@ -116,7 +116,7 @@ class SearchSpace:
     # attention units: query heads per KV group (GQA) or heads (MHA)
     @property
     def attn_units(self) -> int:
-        return self.shape.group_size if self.shape.is_gqa else self.shape.num_heads
+        return self.shape.attn_units
 
     @property
     def mlp_units(self) -> int:

@@ -200,10 +200,7 @@ class SparsityDatabase:
         return len(self.table(layer, kind))
 
     def full_units(self, kind: str) -> int:
-        s = self.shape
-        if kind == "attn":
-            return s.group_size if s.is_gqa else s.num_heads
-        return s.intermediate_size
+        return self.shape.attn_units if kind == "attn" else self.shape.intermediate_size
 
     def sub_block(self, layer: int, kind: str, level: int) -> tuple[tuple[int, ...], torch.Tensor | None]:
         """(kept indices, re-solved consumer columns) of one sub-block at one level; None = the model's own
@@ -235,7 +232,7 @@ def _wanda_scores(weight: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 def _attn_levels(weight: torch.Tensor, h: torch.Tensor, shape: ModelShape, units: tuple[int, ...],
                  spec: DatabaseSpec) -> list[tuple[int, ...]]:
     """Kept query heads at each attention level (nested)."""
-    per_unit = shape.num_kv_heads if shape.is_gqa else 1
+    per_unit = shape.heads_per_unit
     if spec.importance == "obs":
         head_cols, rounds = head_units(shape)
         order = obs_order(weight, h, head_cols, spec.damp, rounds, stop=0)
@@ -258,12 +255,11 @@ def _attn_tensors(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, sp
     out: dict[str, torch.Tensor] = {}
     w_o = adapter.attn_proj(layer, "o_proj").weight
     h, _, cross = gram.means()
-    full = shape.group_size if shape.is_gqa else shape.num_heads
     for k, heads in enumerate(_attn_levels(w_o, h, shape, units, spec)):
         if not heads:
             continue
         out[f"attn.{k}.kept"] = torch.tensor(heads, dtype=torch.int64)
-        if units[k] < full:
+        if units[k] < shape.attn_units:
             new = solve(w_o, h, cross, head_rows(heads, shape.head_dim), spec.damp)
             out[f"attn.{k}.weight"] = new.to(getattr(torch, spec.dtype)).contiguous()
     return out
@@ -295,8 +291,8 @@ def expected_consumer_(lin: nn.Linear, kind: str, units: tuple[int, ...], tensor
     expectation written, commented out, in Týr's code), so the removed level, which has density 0, cannot
     shrink the stream toward zero; "uniform" weighs every level alike."""
     original = lin.weight.detach().clone()
-    full = max(units) if units else 1  # the normalization cancels the scale: any common divisor would do
-    weights = [u / full if weighting == "density" else 1.0 for u in units] if full > 0 else [1.0] * len(units)
+    # density: each level's kept units (the common full size cancels in the normalization)
+    weights = [float(u) if weighting == "density" else 1.0 for u in units]
     total = torch.zeros_like(original, dtype=torch.float64)
     bias_weight = 0.0
     for k, w in enumerate(weights):
@@ -381,8 +377,10 @@ def build_database(model: nn.Module, adapter: ModelAdapter, tokenizer, path: str
             _write_block(path, i, tensors)
             states = next_states
             continue
-        # expected inputs: the dense pass gives the targets, the expected stream the inputs
-        seen = [block_pass(adapter, layers[i], h, kw, tuple(dims)) for h, kw in zip(states, kwargs)]
+        # expected inputs: the dense pass gives the targets (unless the block is on disk already), the expected
+        # stream the inputs
+        seen = [(run_block(layers[i], h, kw), None) if done else block_pass(adapter, layers[i], h, kw, tuple(dims))
+                for h, kw in zip(states, kwargs)]
         work = copy.deepcopy(layers[i])
         o_proj, down_proj = adapter.attn_proj(work, "o_proj"), adapter.mlp_proj(work, "down_proj")
         if done:
@@ -419,11 +417,9 @@ def planned_bytes(shape: ModelShape, per_block, value_bytes: int = 4) -> int:
     """Disk size of a database's stored weights (re-solved consumer columns of every level that is neither full
     nor removed; the kept indices, a few kB, are left out), from the shape alone: what a build will write.
     `per_block`: (attention units, MLP widths) per block."""
-    full_attn = shape.group_size if shape.is_gqa else shape.num_heads
-    per_unit = shape.num_kv_heads if shape.is_gqa else 1
     cols = 0
     for attn, mlp in per_block:
-        cols += sum(u * per_unit * shape.head_dim for u in attn if 0 < u < full_attn)
+        cols += sum(u * shape.heads_per_unit * shape.head_dim for u in attn if 0 < u < shape.attn_units)
         cols += sum(w for w in mlp if 0 < w < shape.intermediate_size)
     return cols * shape.hidden_size * value_bytes
 

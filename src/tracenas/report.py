@@ -68,9 +68,10 @@ def plot_search(out: str | os.PathLike) -> list[Path]:
 def plot_rounds(arch: dict, path: str | os.PathLike) -> Path:
     """tyr: each round's winning per-block retention of attention and MLP (one line per round)."""
     rounds = arch["rounds"]
+    from tracenas.models.adapter import ModelShape
+
     shape = arch["model"]["shape"]
-    full_attn = shape["num_heads"] // shape["num_kv_heads"] if shape["num_kv_heads"] != shape["num_heads"] \
-        else shape["num_heads"]
+    full_attn = ModelShape(**shape).attn_units
     n = len(rounds[0]["attn"])
     fig, axes = plt.subplots(2, 1, figsize=(max(6, n * 0.3), 5.5), sharex=True)
     for r, win in enumerate(rounds):

@@ -49,6 +49,17 @@ class ModelShape:
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
 
+    @property
+    def attn_units(self) -> int:
+        """Attention units the search counts: query heads per KV group (GQA, every group keeps the same number),
+        or heads (MHA)."""
+        return self.group_size if self.is_gqa else self.num_heads
+
+    @property
+    def heads_per_unit(self) -> int:
+        """Query heads one attention unit stands for: one per KV group (GQA), or one (MHA)."""
+        return self.num_kv_heads if self.is_gqa else 1
+
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
