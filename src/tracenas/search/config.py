@@ -44,6 +44,11 @@ TYR_PRESETS: dict[str, dict] = {
 TYR_FIELDS = ("rounds", "supernet_levels", "level_step")
 
 
+def int_list(text: object) -> tuple[int, ...]:
+    """Comma-separated integers, as the stage options take them ("8,4,2,1"; "1e4" is 10000)."""
+    return tuple(int(float(x)) for x in str(text).split(",") if x.strip())
+
+
 def _tyr(key: str) -> str:
     return ", ".join(f"{name} {values[key]}" for name, values in TYR_PRESETS.items())
 
@@ -215,7 +220,7 @@ class SearchConfig:
         for name in names:
             value = getattr(self, name)
             try:
-                if value is not None and not [int(float(x)) for x in str(value).split(",") if x.strip()]:
+                if value is not None and not int_list(value):
                     raise ValueError
             except ValueError:
                 raise TracenasError(f"--{name.replace('_', '-')} must be comma-separated integers, "

@@ -278,7 +278,8 @@ class DarwinLMSearch(SearchStrategy):
 
     @classmethod
     def config_from(cls, search: SearchConfig) -> DarwinLMConfig:  # type: ignore[override]
-        ints = lambda text: tuple(int(float(x)) for x in str(text).split(",") if x.strip())  # noqa: E731
+        from tracenas.search.config import int_list as ints
+
         return DarwinLMConfig(offspring=search.offspring, survivors=ints(search.survivors),
                               eval_tokens=ints(search.stage_tokens), train_tokens=ints(search.finetune_tokens),
                               iterations=search.iterations, finetune_lr=search.finetune_lr,

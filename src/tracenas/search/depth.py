@@ -12,30 +12,17 @@ allows by default (half the blocks): the baseline then stops at `--min-layers` a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from typing import TYPE_CHECKING
 
 from tracenas.arch import Genome
-from tracenas.search.strategy import SearchStrategy
-
-if TYPE_CHECKING:
-    from tracenas.search.config import SearchConfig
-    from tracenas.search.state import EvolutionConfig
+from tracenas.search.strategies import OneCandidate
 
 log = logging.getLogger(__name__)
 
 
-class DepthSearch(SearchStrategy):
+class DepthSearch(OneCandidate):
     recipe = "tracenas.search.depth_recipe:DepthRecipe"
     influence: list[float] | None = None  # set by the recipe before the first generation
-
-    @classmethod
-    def config_from(cls, search: SearchConfig) -> EvolutionConfig:
-        return dataclasses.replace(super().config_from(search), population=2, elites=1, iterations=1)
-
-    def planned_candidates(self) -> int:
-        return 1
 
     def depth_genome(self) -> Genome:
         """Every block at full width; the lowest-influence blocks dropped until the cost is within the budget
@@ -58,9 +45,6 @@ class DepthSearch(SearchStrategy):
 
     def initial_population(self) -> list[Genome]:
         return [self.depth_genome()]
-
-    def next_population(self) -> list[Genome]:
-        return [c.genome for c in self.state.population]
 
 
 __all__ = ["DepthSearch"]

@@ -25,14 +25,22 @@ if TYPE_CHECKING:
 STRATEGIES = strategy_names()  # the built-in ones; `strategy_names()` also lists registered ones
 
 
-class UniformSearch(SearchStrategy):
+class OneCandidate(SearchStrategy):
+    """A strategy that proposes one genome and scores it once (one generation; --population / --elites do not
+    apply): `initial_population` returns it."""
+
     @classmethod
     def config_from(cls, search: SearchConfig) -> EvolutionConfig:
-        # one candidate, one generation; --population/--elites do not apply
         return dataclasses.replace(super().config_from(search), population=2, elites=1, iterations=1)
 
     def planned_candidates(self) -> int:
         return 1
+
+    def next_population(self) -> list[Genome]:
+        return [c.genome for c in self.state.population]
+
+
+class UniformSearch(OneCandidate):
 
     def uniform_genome(self) -> Genome:
         """All blocks kept, one attention ratio and one MLP ratio for every block, inside the budget
@@ -53,9 +61,6 @@ class UniformSearch(SearchStrategy):
 
     def initial_population(self) -> list[Genome]:
         return [self.uniform_genome()]
-
-    def next_population(self) -> list[Genome]:
-        return [c.genome for c in self.state.population]
 
 
 class RandomSearch(SearchStrategy):
@@ -79,4 +84,4 @@ class RandomSearch(SearchStrategy):
         return self.draws.fill(self._random, elites, self.cfg.population, self.state)
 
 
-__all__ = ["RandomSearch", "STRATEGIES", "UniformSearch", "strategy_class"]
+__all__ = ["OneCandidate", "RandomSearch", "STRATEGIES", "UniformSearch", "strategy_class"]

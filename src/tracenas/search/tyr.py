@@ -134,7 +134,7 @@ def round_space(space: SearchSpace, cfg: TyrConfig, rnd: int, centre_attn: tuple
     per_block, attn_idx, mlp_idx = [], [], []
     for a, m in zip(centre_attn, centre_mlp):
         at, ai = centred_table(a, space.attn_units, a_step, cfg.levels)
-        mt, mi = centred_table(m, space.shape.intermediate_size, m_step, cfg.levels)
+        mt, _ = centred_table(m, space.shape.intermediate_size, m_step, cfg.levels)
         mt = tuple(w for w in mt if w in (0, space.mlp_width(w / space.shape.intermediate_size)))
         per_block.append((at, mt))
         attn_idx.append(ai)
@@ -160,10 +160,14 @@ def uniform_centre(space: SearchSpace, window: tuple[int, int]) -> tuple[tuple[i
 class TyrState(DarwinState):
     """`DarwinState` plus the round and its centre (attention units and MLP widths per block)."""
 
-    round: int = 0
     centre_attn: tuple[int, ...] = ()
     centre_mlp: tuple[int, ...] = ()
     round_units: list[dict] = field(default_factory=list)  # each finished round's winner (units per block)
+
+    @property
+    def round(self) -> int:
+        """The round the centre belongs to: one per finished round."""
+        return len(self.round_units)
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -176,7 +180,7 @@ class TyrState(DarwinState):
         if d.get("strategy") != "tyr":
             raise TracenasError("the saved search state is not a tyr search")
         base = DarwinState.from_dict(d | {"strategy": "darwinlm"})
-        return cls(**{k: getattr(base, k) for k in base.__dataclass_fields__}, round=int(d["round"]),
+        return cls(**{k: getattr(base, k) for k in base.__dataclass_fields__},
                    centre_attn=tuple(d["centre_attn"]), centre_mlp=tuple(d["centre_mlp"]),
                    round_units=list(d.get("round_units", [])))
 
@@ -195,7 +199,8 @@ class TyrSearch(DarwinLMSearch):
 
     @classmethod
     def config_from(cls, search: SearchConfig) -> TyrConfig:  # type: ignore[override]
-        ints = lambda text: tuple(int(float(x)) for x in str(text).split(",") if x.strip())  # noqa: E731
+        from tracenas.search.config import int_list as ints
+
         return TyrConfig(offspring=search.offspring, survivors=ints(search.survivors),
                          eval_tokens=ints(search.stage_tokens), generations=search.iterations, rounds=search.rounds,
                          levels=search.supernet_levels, initial_step=search.level_step, fitness=search.fitness,
@@ -234,7 +239,7 @@ class TyrSearch(DarwinLMSearch):
             attn, mlp = previous.units(state.parent)
             state.round_units.append({"attn": list(attn), "mlp": list(mlp)})
             state.centre_attn, state.centre_mlp = attn, mlp
-            state.round, state.parent = rnd, None
+            state.parent = None
         if self._ready_round == rnd:
             return
         self.levels, centre = self.round_space(rnd)
