@@ -42,6 +42,23 @@ def files(path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
+def killed_on_third_block(monkeypatch, build_fn) -> None:
+    """Run `build_fn` with the third block write interrupted (as a kill would), then restore the writer."""
+    real = database._write_block
+    calls = []
+
+    def dies_on_third(path, i, tensors):
+        calls.append(i)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, i, tensors)
+
+    monkeypatch.setattr(database, "_write_block", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_fn()
+    monkeypatch.setattr(database, "_write_block", real)
+
+
 def test_default_levels():
     space = SearchSpace(get_adapter(make_tiny("llama-gqa")).shape())  # 3 heads per KV group, MLP 96
     spec = database.DatabaseSpec.default(space, 4)
@@ -57,20 +74,8 @@ def test_default_levels():
 @pytest.mark.parametrize("kind", ["llama-gqa", "qwen2-mha"])
 def test_killed_build_resumes_byte_identical(kind, tokenizer, tmp_path, monkeypatch):
     build(kind, tmp_path / "whole", tokenizer)
-    real = database._write_block
-    calls = []
-
-    def dies_on_third(path, i, tensors):
-        calls.append(i)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real(path, i, tensors)
-
-    monkeypatch.setattr(database, "_write_block", dies_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        build(kind, tmp_path / "resumed", tokenizer)
+    killed_on_third_block(monkeypatch, lambda: build(kind, tmp_path / "resumed", tokenizer))
     assert not database.SparsityDatabase.open(tmp_path / "resumed").complete
-    monkeypatch.setattr(database, "_write_block", real)
     build(kind, tmp_path / "resumed", tokenizer)
     assert files(tmp_path / "resumed") == files(tmp_path / "whole")
 
@@ -186,19 +191,7 @@ def test_killed_expected_input_build_resumes_byte_identical(tokenizer, tmp_path,
         return database.build_database(model, get_adapter(model), tokenizer, out, spec, progress=False)
 
     run(tmp_path / "whole")
-    real = database._write_block
-    calls = []
-
-    def dies_on_third(path, i, tensors):
-        calls.append(i)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real(path, i, tensors)
-
-    monkeypatch.setattr(database, "_write_block", dies_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "resumed")
-    monkeypatch.setattr(database, "_write_block", real)
+    killed_on_third_block(monkeypatch, lambda: run(tmp_path / "resumed"))
     db = run(tmp_path / "resumed")
     assert files(tmp_path / "resumed") == files(tmp_path / "whole")
     assert db.per_block == per_block and db.manifest["fingerprint"]["method"]["inputs"] == "expected"
