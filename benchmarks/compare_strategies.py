@@ -10,10 +10,11 @@ re-solved weights (`dense` inputs, OBS selection: the `tracenas run` default) an
 searched architecture exported with `--reconstruct none`); `darwinlm` and `tyr` (weights from their own
 database / supernet); `uniform` with and without reconstruction; `random` search (scored by kl); `depth`,
 ShortGPT's depth-only baseline (drop the blocks of lowest Block Influence; `--min-layers 1` so that it can
-reach the budget). Each run is
+reach the budget); `evolution-kl-distill`, the kl row's exported model recovered with distillation from the dense
+model instead of plain next-token loss (same tokens, data order and LR). Each run is
 `tracenas run --preset quick` (the quick search, the quick recovery: 100k tokens, same data order and LR for
-every model) in OUT/b<budget>/s<seed>/<row>; a `-cut` row copies its base row's search and runs the
-export / recover / eval stages only. Every model (pruned and recovered) is then evaluated three ways:
+every model) in OUT/b<budget>/s<seed>/<row>; a `-cut` or `-distill` row copies its base row's search (and,
+for `-distill`, its export) and runs the remaining stages only. Every model (pruned and recovered) is then evaluated three ways:
 
 * in-domain: held-out perplexity on the Wikipedia eval split (the pipeline's own eval, quick preset);
 * out of domain: perplexity over every document of the Lee news corpus (`lee_background.cor`, 300 ABC news
@@ -42,6 +43,8 @@ from pathlib import Path
 ROWS: dict[str, dict] = {  # name -> how it is searched and exported
     "evolution-kl": dict(strategy="evolution", proxy="kl", reconstruct="dense"),
     "evolution-kl-cut": dict(base="evolution-kl", reconstruct="none"),
+    # recovery on the same footing: the kl row's export, recovered with distillation from the dense model (same tokens)
+    "evolution-kl-distill": dict(base="evolution-kl", reconstruct="dense", flags=["--distill"]),
     "evolution-phi": dict(strategy="evolution", proxy="phi", reconstruct="dense"),
     "evolution-phi-cut": dict(base="evolution-phi", reconstruct="none"),
     "darwinlm": dict(strategy="darwinlm"),
@@ -137,7 +140,9 @@ class Bench:
             flags += ["--tasks", f"local:{self.root / 'tasks' / (TASK + '.jsonl')}"]
         if "base" in spec:  # the base row's searched architecture, exported another way
             base = self.run_dir(budget, seed, spec["base"])
-            while not (base / "search" / "summary.json").is_file():
+            same_export = spec.get("reconstruct") == ROWS[spec["base"]].get("reconstruct")
+            while not (base / "search" / "summary.json").is_file() or (
+                    same_export and not (base / "model" / "config.json").is_file()):
                 if not getattr(self, "_waiting", True):
                     return
                 time.sleep(5)
@@ -147,14 +152,23 @@ class Bench:
                 for name in ("search.yaml", "history.jsonl"):
                     shutil.copy2(base / name, out / name)
                 shutil.copy2(base / "arch.json", out / "arch.json")
+                if same_export:  # reuse the base row's exported model and its zero-shot evals
+                    shutil.copytree(base / "model", out / "model", dirs_exist_ok=True)
+                    for name in ("pruned", "pruned-ood"):
+                        if (base / "eval" / name / "results.json").is_file():
+                            shutil.copytree(base / "eval" / name, out / "eval" / name, dirs_exist_ok=True)
             stages = "export,recover,eval"
             strategy = json.loads((base / "arch.json").read_text()).get("strategy", "evolution")
             flags += ["--strategy", strategy]
         else:
             flags += ["--strategy", spec["strategy"]] + (["--proxy", spec["proxy"]] if spec.get("proxy") else [])
-            flags += spec.get("flags", [])
+        flags += spec.get("flags", [])
         if spec.get("reconstruct"):
             flags += ["--reconstruct", spec["reconstruct"]]
+        if self.args.reuse and not out.exists():
+            self.reuse(self.args.reuse / out.relative_to(self.root), out)
+        if self.args.recover_dtype != "auto":
+            flags += ["--recover-dtype", self.args.recover_dtype]
         if not (out / "eval" / "recovered" / "results.json").is_file():
             t = self.tracenas(["run", "--out", str(out), "--stages", stages, *flags, *self.common()], log)
             rec.setdefault("run_s", round(t, 1))
@@ -164,6 +178,15 @@ class Bench:
                 self.tracenas(["eval", str(model), "--data", str(self.root / "ood.txt"), "--ppl-split", "all",
                                "--preset", "quick", "--out", str(out / "eval" / name), "--device", self.args.device], log)
         rec.update(collect(out))
+
+    @staticmethod
+    def reuse(src: Path, out: Path) -> None:
+        """`--reuse ROOT`: start from ROOT's run of the same row (its search, export and zero-shot evals, which do not
+        depend on the recovery settings); recovery and the recovered evals run anew."""
+        if not (src / "model" / "config.json").is_file():
+            return
+        skip = {"recover", "recovered", "recovered-ood", "report.md", "run_timings.json"}
+        shutil.copytree(src, out, ignore=lambda d, names: [n for n in names if n in skip])
 
     def all(self) -> None:
         a = self.args
@@ -189,6 +212,8 @@ class Bench:
 
 def collect(run: Path) -> dict:
     """The figures of one finished run directory."""
+    import yaml
+
     def ppl(name: str) -> float | None:
         p = run / "eval" / name / "results.json"
         return json.loads(p.read_text())["perplexity"]["ppl"] if p.is_file() else None
@@ -214,6 +239,11 @@ def collect(run: Path) -> dict:
            "zero_shot": ppl("pruned"), "recovered": ppl("recovered"), "zero_shot_ood": ppl("pruned-ood"),
            "recovered_ood": ppl("recovered-ood"), "task_zero_shot": acc("pruned"), "task_recovered": acc("recovered")}
     rec = run / "model" / "reconstruction.json"
+    rec_cfg = run / "recover" / "recover.yaml"
+    dtype = yaml.safe_load(rec_cfg.read_text()).get("dtype", "auto") if rec_cfg.is_file() else "auto"
+    if dtype == "auto":  # bf16 autocast on a GPU, float32 on the CPU
+        dtype = "bfloat16" if str(out["device"]).startswith("cuda") else "float32"
+    out["recover_dtype"] = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "fp32")
     out["export"] = "reconstructed" if rec.is_file() else ("database" if arch.get("levels") else "cut")
     return out
 
@@ -232,6 +262,12 @@ def main() -> None:
                                                  "of its documents gives the same splits)")
     ap.add_argument("--no-tasks", action="store_true", help="skip the local multiple-choice task (no lm-eval)")
     ap.add_argument("--extra", default="", help="more `tracenas run` flags for every row, e.g. '--iterations 2'")
+    ap.add_argument("--recover-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="recovery compute dtype (auto: bf16 on a GPU, float32 on the CPU); bfloat16 is ~1.5x faster "
+                         "on a CPU with AVX512-BF16 (docs/comparison.md shows it keeps the ranking)")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="another OUT root whose searches and exports to start from (a run that differs only in "
+                         "its recovery settings, e.g. --recover-dtype)")
     ap.add_argument("--table", action="store_true", help="only print the table of what is done")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

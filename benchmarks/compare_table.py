@@ -5,7 +5,7 @@
 
 Reads every finished run directory OUT/b<budget>/s<seed>/<row> (arch.json, search/summary.json and its evals;
 `compare_strategies.collect`), so it also shows runs whose results.json was not yet written. One row per
-(budget, strategy row, export, device), over every root given: means over seeds, with the spread (sample standard deviation, n >= 2) after
+(budget, strategy row, export, device and recovery dtype), over every root given: means over seeds, with the spread (sample standard deviation, n >= 2) after
 "±". Columns: parameters, blocks kept, in-domain and out-of-domain perplexity zero-shot and after recovery,
 the local task's accuracy after recovery, candidate evaluations, tokens trained during the search and the
 search's wall time. Then, per budget, which row wins on zero-shot and on recovered in-domain perplexity,
@@ -63,8 +63,9 @@ def table(all_runs: list[dict]) -> tuple[str, list[dict]]:
     """Replicates are the runs of one (budget, row, export, device), from any of the roots."""
     groups: dict[tuple, list[dict]] = {}
     order = {name: i for i, name in enumerate(ROWS)}
-    for r in all_runs:
-        groups.setdefault((r["budget"], r["row"], r["export"], r["device"]), []).append(r)
+    for r in all_runs:  # the device label carries the recovery's compute dtype: a different protocol
+        device = f"{r['device']}, recovery {r.get('recover_dtype', 'fp32')}"
+        groups.setdefault((r["budget"], r["row"], r["export"], device), []).append(r)
     lines, rows = [], []
     head = ("| budget | row | export | seeds | params | blocks | PPL zero-shot | PPL recovered | OOD zero-shot | "
             "OOD recovered | task acc (recovered) | candidates | tokens trained in search | search s | device |")

@@ -1,15 +1,20 @@
-"""q8_0 GGUF in llama.cpp vs float32 transformers: how many of 32 greedy tokens agree, per prompt.
+"""q8_0 GGUF in llama.cpp vs float32 transformers: greedy agreement over 32 tokens, free-running and teacher-forced.
 
-    python benchmarks/q8_greedy.py runs/quick/recover/model [more checkpoints ...]
+    python benchmarks/q8_greedy.py runs/quick/recover/model [more checkpoints ...] [--base]
 
-Each checkpoint (a tracenas export or recovered model of the embedded default model) is written as a q8_0 GGUF
-with the default model's tokenizer, then decoded greedily in llama.cpp (tools/llamacpp) and in transformers
-(float32, no cache), 32 tokens from each prompt. Prints the length of the agreeing prefix.
+Each checkpoint (a tracenas export or recovered model of the embedded default model; `--base` adds the unpruned
+default model) is written as a q8_0 and a bf16 GGUF with the default model's tokenizer. Per prompt it prints:
+
+* free-running: the agreeing prefix of the 32-token greedy continuations, float32 transformers vs the q8_0 GGUF,
+  vs the bf16 GGUF, and vs transformers itself with its weights in bf16 (what any 8-bit-mantissa rounding does);
+* teacher-forced (`tracenas.gguf_verify.teacher_forced_misses`): at how many of the 32 positions of the float32
+  continuation the q8_0 GGUF picks the same next token, and the float model's top-2 logit margin where it does not.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import copy
 import tempfile
 from pathlib import Path
 
@@ -17,36 +22,51 @@ import torch
 
 from tracenas import llamacpp
 from tracenas.gguf_export import write_gguf
-from tracenas.models.loading import default_gguf_path, load_tokenizer, resolve_source
+from tracenas.gguf_verify import agreeing_prefix, float_greedy, teacher_forced_misses
+from tracenas.models.loading import default_gguf_path, load_model, load_tokenizer, resolve_source
 from tracenas.models.pruned import load_pruned
 
 PROMPTS = ("The capital of France is", "In 1905, Albert Einstein published", "The river flows through")
 TOKENS = 32
 
 
-def float_greedy(model, ids: list[int]) -> list[int]:
-    x, out = torch.tensor([ids]), []
-    with torch.no_grad():
-        for _ in range(TOKENS):
-            nxt = int(model(x, use_cache=False).logits[0, -1].argmax())
-            out.append(nxt)
-            x = torch.cat([x, torch.tensor([[nxt]])], 1)
-    return out
+def check(name: str, model, tok, tmp: Path) -> list[dict]:
+    q8 = write_gguf(model, tmp / "q8.gguf", qtype="q8_0", source_gguf=default_gguf_path())
+    bf = write_gguf(model, tmp / "bf16.gguf", qtype="bf16", source_gguf=default_gguf_path())
+    hf_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    rows = []
+    for prompt in PROMPTS:
+        ids = tok(prompt).input_ids
+        ref, misses = teacher_forced_misses(model, q8, ids, TOKENS)
+        q8_free, bf_free = (llamacpp.run_tasks(g, [{"op": "greedy", "tokens": ids, "n": TOKENS}])[0]["tokens"]
+                            for g in (q8, bf))
+        row = dict(model=name, prompt=prompt, q8_free=agreeing_prefix(q8_free, ref),
+                   bf16_gguf_free=agreeing_prefix(bf_free, ref),
+                   hf_bf16_free=agreeing_prefix(float_greedy(hf_bf16, ids, TOKENS), ref),
+                   q8_forced=TOKENS - len(misses), miss_margins=[round(m, 3) for _, m in misses])
+        rows.append(row)
+        print(f"| {name} | {prompt!r} | {row['q8_free']} | {row['bf16_gguf_free']} | {row['hf_bf16_free']} | "
+              f"{row['q8_forced']}/{TOKENS} | {max(row['miss_margins'], default=0):.3f} |", flush=True)
+    return rows
 
 
-def main(paths: list[str]) -> None:
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", nargs="*")
+    ap.add_argument("--base", action="store_true", help="also the unpruned default model")
+    args = ap.parse_args()
     tok = load_tokenizer(resolve_source(None))
+    print(f"{llamacpp.version()}; float32 transformers greedy = reference; free-running: agreeing prefix of "
+          f"{TOKENS} tokens")
+    print("| model | prompt | q8_0 GGUF | bf16 GGUF | transformers bf16 | q8_0 teacher-forced | largest float "
+          "top-2 margin at a miss |\n|---|---|---:|---:|---:|---:|---:|")
+    models = [("base (unpruned)", lambda: load_model(None, dtype=torch.float32, with_tokenizer=False)[0])] \
+        if args.base else []
+    models += [(str(Path(p)), lambda p=p: load_pruned(p, dtype="float32")) for p in args.checkpoints]
     with tempfile.TemporaryDirectory() as tmp:
-        for i, path in enumerate(paths):
-            model = load_pruned(path, dtype="float32")
-            q8 = write_gguf(model, Path(tmp) / f"{i}.gguf", qtype="q8_0", source_gguf=default_gguf_path())
-            for prompt in PROMPTS:
-                ids = tok(prompt).input_ids
-                ref = float_greedy(model, ids)
-                (got,) = llamacpp.run_tasks(q8, tasks=[{"op": "greedy", "tokens": ids, "n": TOKENS}])
-                same = next((k for k, (a, b) in enumerate(zip(got["tokens"], ref)) if a != b), TOKENS)
-                print(f"{path} | {prompt!r}: q8_0 greedy equals float32 for the first {same} of {TOKENS} tokens")
+        for name, load in models:
+            check(name, load().eval(), tok, Path(tmp))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

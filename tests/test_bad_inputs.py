@@ -87,6 +87,7 @@ CASES = [
     ("export missing run", ["export", "{ws}/nope"], "no such run directory"),
     ("export corrupt arch", ["export", "{ws}/corrupt_run"], "is corrupt"),
     ("export bad dtype", ["export", R, "--dtype", "int8"], "invalid choice"),
+    ("run bad recovery dtype", ["run", "--recover-dtype", "int8"], "invalid choice"),
     # recover
     ("recover tokens inf", ["recover", E, "--tokens", "inf", "--out", "{ws}/rec"], "cannot read a token count"),
     ("recover tokens nan", ["recover", E, "--tokens", "nan", "--out", "{ws}/rec"], "cannot read a token count"),

@@ -6,6 +6,7 @@ llama.cpp loads the file and computes what transformers computes.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from test_export import make_run_dir
 from tracenas import llamacpp
 from tracenas.cli import main
 from tracenas.errors import TracenasError
+from tracenas.gguf_verify import agreeing_prefix, float_greedy, teacher_forced_misses
 from tracenas.gguf_export import LayerSizes, check_layers, layer_sizes, write_gguf
 from tracenas.gguf_tokenizer import pre_tokenizer_name
 from tracenas.masking import LayerSelection, slice_model
@@ -207,6 +209,24 @@ def test_llamacpp_matches_transformers(kind, uniform, bpe, tmp_path):
 
 
 @needs_llamacpp
+def test_teacher_forced_check_finds_a_wrong_file(bpe, tmp_path):
+    """`teacher_forced_misses`: none for the model's own f32 file; many for a file whose MLPs are another model's."""
+    model = sliced("llama-gqa", False)
+    ids = bpe(TEXT).input_ids
+    own = write_gguf(model, tmp_path / "own.gguf", qtype="f32", hf_tokenizer=bpe)
+    cont, misses = teacher_forced_misses(model, own, ids, 12)
+    assert len(cont) == 12 and misses == [] and agreeing_prefix(cont, float_greedy(model, ids, 12)) == 12
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in other.model.layers:
+            layer.mlp.down_proj.weight.mul_(-3.0)
+    wrong = write_gguf(other, tmp_path / "wrong.gguf", qtype="f32", hf_tokenizer=bpe)
+    _, misses = teacher_forced_misses(model, wrong, ids, 12)
+    assert len(misses) >= 3 and all(margin >= 0 for _, margin in misses)
+    assert agreeing_prefix([1, 2, 3], [1, 2, 4]) == 2 and agreeing_prefix([1, 2], [1, 2, 3]) == 2
+
+
+@needs_llamacpp
 def test_llamacpp_llama3_rope_scaling(bpe, tmp_path):
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64, "rope_theta": 10000.0}
@@ -287,6 +307,9 @@ def test_llamacpp_default_model(smollm, uniform, tmp_path):
     print(f"  q8_0: max |logit diff| {q8_diff:.3f}, correlation {corr:.5f}; greedy: first {same} of 32 tokens equal "
           "to the float model's")
     assert greedy["tokens"][0] == ref_greedy[0] and corr > Q8_MIN_CORR
+    _, misses = teacher_forced_misses(small, q8, ids, 32)
+    print(f"  q8_0 teacher-forced: {32 - len(misses)} of 32 positions pick the float model's token; misses "
+          f"(position, float top-2 margin): {[(k, round(m, 3)) for k, m in misses]}")
 
 
 @pytest.mark.slow

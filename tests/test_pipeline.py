@@ -56,3 +56,19 @@ def test_run_refuses_obs_without_reconstruction(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "x"), "--reconstruct", "none", "--importance", "obs"]) == 2
     assert "needs --reconstruct dense or sequential" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_run_passes_recovery_dtype_and_defaults_the_teacher_to_the_base(tiny_model_dir, tmp_path, monkeypatch):
+    """`--recover-dtype` reaches the recovery; `--distill` on the embedded default distills from that default."""
+    import tracenas.recover
+    from tracenas.models.loading import DEFAULT_MODEL
+
+    out = tmp_path / "run"
+    run_pipeline(RunConfig(model=str(tiny_model_dir), out=str(out), stages="search,export", **TINY_RUN), progress=False)
+    seen = []
+    monkeypatch.setattr(tracenas.recover, "recover", lambda rc, progress=True: seen.append(rc))
+    run_pipeline(RunConfig(out=str(out), stages="recover", recover_dtype="bfloat16", distill=True, **TINY_RUN),
+                 progress=False)
+    assert (seen[0].dtype, seen[0].distill, seen[0].teacher) == ("bfloat16", True, DEFAULT_MODEL)
+    run_pipeline(RunConfig(model=str(tiny_model_dir), out=str(out), stages="recover", **TINY_RUN), progress=False)
+    assert (seen[1].dtype, seen[1].teacher) == ("auto", None)

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
+from tracenas import llamacpp
 from tracenas.cli import main
+from tracenas.gguf_verify import teacher_forced_misses
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,8 @@ def test_quick_run_on_default_model(tmp_path):
     rc = main(["run", "--preset", "quick", "--budget", "0.6", "--out", str(out), "--num-sequences", "1",
                "--seq-len", "64", "--population", "3", "--elites", "1", "--iterations", "1",
                "--recover-tokens", "4k", "--recover-seq-len", "64", "--ppl-max-tokens", "2048",
-               "--bench-prompt-len", "16", "--bench-gen-len", "4", "--bench-trials", "1"])
+               "--bench-prompt-len", "16", "--bench-gen-len", "4", "--bench-trials", "1",
+               *(["--gguf", "q8_0"] if llamacpp.available() else [])])
     assert rc == 0
     report = (out / "report.md").read_text()
     assert "## Architecture" in report and "## Quality" in report and "## Speed" in report
@@ -47,6 +50,12 @@ def test_quick_run_on_default_model(tmp_path):
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     text = tok.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0][ids.shape[1]:])
     assert text.strip()
+    if llamacpp.available():  # the q8_0 GGUF of the recovered model decodes like it (docs/gguf.md)
+        cont, misses = teacher_forced_misses(model, out / "recover" / "model.gguf", ids[0].tolist(), 32)
+        print(f"q8_0 teacher-forced: {32 - len(misses)}/32; misses (position, margin) {misses}")
+        # measured 30/32, both misses where the float model's own top-2 margin is 0.2 logits; a wrong tensor layout
+        # agrees nowhere. The unpruned model's q8_0 file misses 2 of 32 on one of three prompts as well.
+        assert len(misses) <= 4 and all(margin < 1.0 for _, margin in misses)
 
 
 def check_darwinlm_run(out) -> None:

@@ -29,7 +29,7 @@ from tracenas.errors import TracenasError
 from tracenas.logs import run_log
 from tracenas.rundir import RunDirGuard
 from tracenas.eval_config import PRESETS as EVAL_PRESETS
-from tracenas.recover.config import PRESETS as RECOVER_PRESETS
+from tracenas.recover.config import DTYPES, PRESETS as RECOVER_PRESETS
 from tracenas.search.config import DARWINLM_PRESETS, TYR_PRESETS, preset_help
 from tracenas.search.registry import strategy_names
 
@@ -96,6 +96,9 @@ class RunConfig:
     recover_tokens: str | None = opt(None, preset_help("tokens", "recovery token budget, e.g. 200k", RECOVER_PRESETS))
     recover_seq_len: int | None = opt(None, preset_help("seq_len", "recovery sequence length", RECOVER_PRESETS))
     recover_lr: float | None = opt(None, preset_help("lr", "recovery peak learning rate", RECOVER_PRESETS))
+    recover_dtype: str = opt("auto", "recovery compute dtype: auto (bf16 autocast on GPU, float32 on CPU) or bfloat16 "
+                                     "(about 1.5x faster on a CPU with AVX512-BF16); master weights stay float32",
+                             choices=DTYPES)
     distill: bool = opt(False, "distill from the base model during recovery")
     gguf: str | None = opt(None, "also write the final model (recovered, else pruned) as one GGUF file for llama.cpp / "
                                  "Ollama with this weight type, next to its directory (RUN/recover/model.gguf)",
@@ -216,13 +219,15 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
             log.info("recover: complete, skipped")
         else:
             from tracenas.export import is_done as export_done
+            from tracenas.models.loading import DEFAULT_MODEL
 
             if not export_done(out):
                 raise TracenasError(f"recover needs the exported model in {model_dir}; run the export stage")
             t = time.perf_counter()
             rc = RecoverConfig(model=str(model_dir), data=cfg.data, preset=cfg.preset, tokens=cfg.recover_tokens,
                                seq_len=cfg.recover_seq_len, lr=cfg.recover_lr, seed=cfg.seed, out=str(rec_dir),
-                               distill=cfg.distill, teacher=cfg.model if cfg.distill else None,
+                               dtype=cfg.recover_dtype, distill=cfg.distill,
+                               teacher=(cfg.model or DEFAULT_MODEL) if cfg.distill else None,
                                resume=(rec_dir / "checkpoints").exists())
             recover(rc, progress=progress)
             timings["recover"] = time.perf_counter() - t
