@@ -38,7 +38,7 @@ from tracenas.errors import RunDirError, TracenasError
 from tracenas.masking import LayerSelection, head_rows, top_channels, top_heads
 from tracenas.models.adapter import ModelAdapter, ModelShape
 from tracenas.reconstruct import (
-    DEFAULT_DAMP, DEFAULT_OBS_CHUNK, IMPORTANCES, Gram, block_pass, capture_block_inputs, kept_by_order,
+    IMPORTANCES, Gram, SolveSettings, block_pass, capture_block_inputs, kept_by_order,
     consumer_input, obs_channel_order, obs_order, head_units, prune_attention_, prune_mlp_, run_block, solve,
 )
 
@@ -55,20 +55,13 @@ def block_file(i: int) -> str:
 
 
 @dataclass(frozen=True)
-class DatabaseSpec:
-    """What a database holds: the levels of every sub-block, how kept units are chosen and solved, and on
-    which calibration tokens."""
+class DatabaseSpec(SolveSettings):
+    """What a database holds: the levels of every sub-block, how kept units are chosen, and (`SolveSettings`)
+    how they are solved on which calibration tokens."""
 
     attn_units: tuple[int, ...]  # level k keeps attn_units[k] units; descending, first = all, last = 0
     mlp_widths: tuple[int, ...]  # level k keeps mlp_widths[k] channels; descending, first = all, last = 0
     importance: str = "obs"
-    damp: float = DEFAULT_DAMP
-    sequences: int = 16
-    seq_len: int = 512
-    data: str | None = None
-    seed: int = 0
-    micro_batch: int = 4
-    obs_chunk: int = DEFAULT_OBS_CHUNK
     dtype: str = "float32"  # of the stored weights (bfloat16 halves the disk size of a big model's database)
     # Týr's supernet rounds: per block (attention units, MLP widths), each descending; None = the global lists
     per_block: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] | None = None

@@ -58,13 +58,11 @@ DEFAULT_OBS_CHUNK = 32  # MLP channels removed per OBS step (the grid's multiple
 CONSUMERS = ("o_proj", "down_proj")
 
 
-@dataclass(frozen=True)
-class ReconstructSettings:
-    """How an export re-solves its weights: input regime, selection, damping, and the calibration tokens
-    (`sequences` windows of `seq_len` tokens from the calibration split of `data`)."""
+@dataclass(frozen=True, kw_only=True)
+class SolveSettings:
+    """How kept weights are solved and on which calibration tokens (`sequences` windows of `seq_len` tokens from
+    the calibration split of `data`); shared by the export's re-solve and the sparsity-level database."""
 
-    inputs: str = "dense"
-    importance: str = "wanda"
     damp: float = DEFAULT_DAMP
     sequences: int = 16
     seq_len: int = 512
@@ -72,6 +70,14 @@ class ReconstructSettings:
     seed: int = 0
     micro_batch: int = 4
     obs_chunk: int = DEFAULT_OBS_CHUNK
+
+
+@dataclass(frozen=True)
+class ReconstructSettings(SolveSettings):
+    """How an export re-solves its weights: input regime and selection, plus the `SolveSettings`."""
+
+    inputs: str = "dense"
+    importance: str = "wanda"
 
     def __post_init__(self) -> None:
         _check_args(self.inputs, self.importance, self.damp)

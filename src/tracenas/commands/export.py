@@ -53,8 +53,9 @@ class ExportConfig:
             if self.importance != "wanda":
                 raise TracenasError("--importance obs chooses what to keep by reconstruction error: add --reconstruct")
             return None
-        return ReconstructSettings(self.reconstruct, self.importance, self.damp, self.calib_sequences,
-                                   self.calib_seq_len, self.data, obs_chunk=self.obs_chunk)
+        return ReconstructSettings(inputs=self.reconstruct, importance=self.importance, damp=self.damp,
+                                   sequences=self.calib_sequences, seq_len=self.calib_seq_len, data=self.data,
+                                   obs_chunk=self.obs_chunk)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
