@@ -47,3 +47,20 @@ def test_choice_of_implementation(restore_impl):
     assert ce_impl() == ("fused" if fused_ce_available() else "chunked")
     with pytest.raises(ValueError, match="unknown"):
         set_ce_impl("liger")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_head_logits_stay_float32_under_bf16_autocast(bias):
+    """The output layer under bf16 autocast: float32 logits and gradients, not bf16-rounded ones."""
+    torch.manual_seed(0)
+    head = nn.Linear(64, 500, bias=bias)
+    hidden = (torch.randn(8, 64) * 30).requires_grad_(True)  # a damaged model's large activations
+    exact = losses.head_logits(hidden.double(), head.weight.double(), None if head.bias is None else head.bias.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = losses.head_logits(hidden, head.weight, head.bias)
+        rounded = torch.nn.functional.linear(hidden, head.weight, head.bias).float()  # what autocast alone gives
+    assert got.dtype == torch.float32
+    assert (got.double() - exact).abs().max() < 1e-3 < (rounded.double() - exact).abs().max()
+    got.sum().backward()
+    assert hidden.grad.dtype == torch.float32
+    assert torch.allclose(hidden.grad, head.weight.sum(0).expand_as(hidden), atol=1e-4)

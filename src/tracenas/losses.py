@@ -55,7 +55,15 @@ def ce_impl() -> str:
 
 
 def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Float32 logits of the output layer for `hidden` (whatever the model's dtype)."""
+    """Float32 logits of the output layer for `hidden` (whatever the model's dtype).
+
+    Under autocast the output layer is computed in float32 too: bf16 logits (8 significant bits) are what
+    made bf16 recovery of a heavily damaged model diverge (docs/comparison.md: cross-entropy back up from 6.1 to
+    8.0 within 25 steps where float32 kept falling; with this, the two track each other).
+    """
+    if torch.is_autocast_enabled(hidden.device.type):
+        with torch.autocast(hidden.device.type, enabled=False):
+            return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
     return F.linear(hidden, weight, bias).float()
 
 
