@@ -264,7 +264,7 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="more `tracenas run` flags for every row, e.g. '--iterations 2'")
     ap.add_argument("--recover-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                     help="recovery compute dtype (auto: bf16 on a GPU, float32 on the CPU); bfloat16 is ~1.5x faster "
-                         "on a CPU with AVX512-BF16 (docs/comparison.md shows it keeps the ranking)")
+                         "on a CPU with AVX512-BF16 but moved the ranking (docs/comparison.md)")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="another OUT root whose searches and exports to start from (a run that differs only in "
                          "its recovery settings, e.g. --recover-dtype)")

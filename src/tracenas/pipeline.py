@@ -97,7 +97,8 @@ class RunConfig:
     recover_seq_len: int | None = opt(None, preset_help("seq_len", "recovery sequence length", RECOVER_PRESETS))
     recover_lr: float | None = opt(None, preset_help("lr", "recovery peak learning rate", RECOVER_PRESETS))
     recover_dtype: str = opt("auto", "recovery compute dtype: auto (bf16 autocast on GPU, float32 on CPU) or bfloat16 "
-                                     "(about 1.5x faster on a CPU with AVX512-BF16); master weights stay float32",
+                                     "(about 1.5x faster on a CPU with AVX512-BF16, but it recovered a badly damaged model worse: "
+                                     "docs/comparison.md); master weights stay float32",
                              choices=DTYPES)
     distill: bool = opt(False, "distill from the base model during recovery")
     gguf: str | None = opt(None, "also write the final model (recovered, else pruned) as one GGUF file for llama.cpp / "
