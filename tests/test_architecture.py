@@ -129,7 +129,7 @@ LAYERS = [
                     "search.config", "search.darwinlm", "search")),
     ("stages", ("search.runner", "search.plan", "search.darwinlm_eval", "search.darwinlm_recipe", "search.rank_split",
                 "search.tyr_recipe", "search.depth_recipe",
-                "export", "gguf_export", "gguf_tokenizer", "recover", "evaluate", "bench",
+                "export", "gguf_export", "gguf_tokenizer", "gguf_verify", "recover", "evaluate", "bench",
                 "validate", "report")),
     ("pipeline", ("pipeline",)),
     ("cli", ("cli", "commands", "__main__", "")),
