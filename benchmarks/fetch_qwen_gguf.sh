@@ -4,7 +4,7 @@
 # Qwen2 architecture, 24 blocks, 14 query / 2 KV heads, 630.2M parameters as loaded (untied output head).
 #   bash benchmarks/fetch_qwen_gguf.sh [OUT_DIR]        # -> OUT_DIR/qwen2.5-0.5b.Q4_K_M.gguf (default runs/models)
 #   python benchmarks/compare_strategies.py runs/compare-qwen --model runs/models/qwen2.5-0.5b.Q4_K_M.gguf \
-#       --budgets 0.6 --seeds 0 --rows evolution-kl darwinlm uniform --recover-dtype bfloat16
+#       --budgets 0.6 --seeds 0 --rows evolution-kl darwinlm uniform
 set -euo pipefail
 out=${1:-runs/models}
 target="$out/qwen2.5-0.5b.Q4_K_M.gguf"

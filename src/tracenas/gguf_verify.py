@@ -22,12 +22,20 @@ from tracenas import llamacpp
 
 
 @torch.no_grad()
+def _greedy(model: nn.Module, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """`n` greedy tokens (full forward each step, no cache) and the top-2 logit margin of each step's choice."""
+    x, margins = torch.tensor([ids]), []
+    for _ in range(n):
+        logits = model(x, use_cache=False).logits[0, -1]
+        top2 = logits.float().topk(2).values
+        margins.append(float(top2[0] - top2[1]))
+        x = torch.cat([x, logits.argmax().view(1, 1)], 1)
+    return x[0, len(ids):].tolist(), margins
+
+
 def float_greedy(model: nn.Module, ids: list[int], n: int) -> list[int]:
     """`n` greedy tokens from `model` (full forward each step, no cache), in the model's own dtype."""
-    x = torch.tensor([ids])
-    for _ in range(n):
-        x = torch.cat([x, model(x, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
-    return x[0, len(ids):].tolist()
+    return _greedy(model, ids, n)[0]
 
 
 def agreeing_prefix(a: list[int], b: list[int]) -> int:
@@ -35,19 +43,14 @@ def agreeing_prefix(a: list[int], b: list[int]) -> int:
     return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-@torch.no_grad()
 def teacher_forced_misses(model: nn.Module, gguf: str | os.PathLike, ids: list[int], n: int, *,
                           threads: int = 1) -> tuple[list[int], list[tuple[int, float]]]:
     """The float model's `n`-token greedy continuation of `ids`, and (position, float top-2 logit margin) for each
     position where llama.cpp, given the same prompt + continuation so far, picks another next token."""
-    cont = float_greedy(model, ids, n)
-    x = torch.tensor([ids + cont])
-    logits = model(x).logits[0, len(ids) - 1:-1].float()
-    top2 = logits.topk(2).values
+    cont, margins = _greedy(model, ids, n)
     answers = llamacpp.run_tasks(gguf, [{"op": "logits", "tokens": (ids + cont)[:len(ids) + k]} for k in range(n)],
                                  threads=threads)
-    return cont, [(k, float(top2[k, 0] - top2[k, 1])) for k in range(n)
-                  if int(np.argmax(answers[k]["logits"])) != cont[k]]
+    return cont, [(k, margins[k]) for k in range(n) if int(np.argmax(answers[k]["logits"])) != cont[k]]
 
 
 __all__ = ["agreeing_prefix", "float_greedy", "teacher_forced_misses"]
