@@ -22,6 +22,8 @@ for `-distill`, its export) and runs the remaining stages only. Every model (pru
 * a local multiple-choice task (`local:analogies.jsonl`): capital-of-country analogies built from gensim's
   `questions-words.txt` ("Athens is to Greece as Oslo is to", four countries to choose from), OUT/tasks.
 
+The unpruned model is evaluated the same three ways (OUT/dense), the table's reference line.
+
 Everything is skipped when its outputs exist, so a rerun resumes and `--table` prints. Commands run as
 subprocesses, `--jobs` at a time, at `--threads` threads each. Results: OUT/results.json; the table:
 `benchmarks/compare_table.py OUT`.
@@ -179,6 +181,20 @@ class Bench:
                                "--preset", "quick", "--out", str(out / "eval" / name), "--device", self.args.device], log)
         rec.update(collect(out))
 
+    def dense(self) -> None:
+        """The unpruned model's figures, the table's reference line: in-domain perplexity and the task in
+        OUT/dense/in-domain, out-of-domain perplexity in OUT/dense/ood."""
+        a, out = self.args, self.root / "dense"
+        out.mkdir(parents=True, exist_ok=True)
+        model = [a.model] if a.model else []
+        tasks = [] if a.no_tasks else ["--tasks", f"local:{self.root / 'tasks' / (TASK + '.jsonl')}"]
+        data = ["--data", a.data] if a.data else []
+        for name, flags in (("in-domain", [*data, *tasks]),
+                            ("ood", ["--data", str(self.root / "ood.txt"), "--ppl-split", "all"])):
+            if not (out / name / "results.json").is_file():
+                self.tracenas(["eval", *model, *flags, "--preset", "quick", "--out", str(out / name),
+                               "--device", a.device], out / "eval.log")
+
     @staticmethod
     def reuse(src: Path, out: Path) -> None:
         """`--reuse ROOT`: start from ROOT's run of the same row (its search, export and zero-shot evals, which do not
@@ -198,16 +214,21 @@ class Bench:
 
         def guarded(item):
             try:
-                self.one(*item)
+                self.dense() if item is None else self.one(*item)
             except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
-                failures.append(f"{'/'.join(map(str, item))}: {err}")
+                failures.append(f"{'/'.join(map(str, item or ['dense']))}: {err}")
             self.save()
 
         with ThreadPoolExecutor(a.jobs) as pool:
-            list(pool.map(guarded, items))
+            list(pool.map(guarded, [*items, None]))  # None: the dense model's evals
         self.save()
         for f in failures:
             print("FAILED", f, file=sys.stderr)
+
+
+def model_label(family: str, params: int) -> str:
+    """The base model as the table names it, the same from every root (the model's path differs between machines)."""
+    return f"{family} {params / 1e6:.1f}M"
 
 
 def collect(run: Path) -> dict:
@@ -235,7 +256,7 @@ def collect(run: Path) -> dict:
            "candidate_evaluations": cost.get("candidate_evaluations", summary.get("candidates_scored")),
            "search_tokens_trained": cost.get("finetune_tokens", 0),
            "search_wall_s": cost.get("wall_seconds", summary.get("wall_seconds_this_session")),
-           "device": summary.get("device"),
+           "device": summary.get("device"), "model": model_label(arch["model"]["shape"]["family"], arch["base_params"]),
            "zero_shot": ppl("pruned"), "recovered": ppl("recovered"), "zero_shot_ood": ppl("pruned-ood"),
            "recovered_ood": ppl("recovered-ood"), "task_zero_shot": acc("pruned"), "task_recovered": acc("recovered")}
     rec = run / "model" / "reconstruction.json"

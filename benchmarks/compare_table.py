@@ -5,11 +5,12 @@
 
 Reads every finished run directory OUT/b<budget>/s<seed>/<row> (arch.json, search/summary.json and its evals;
 `compare_strategies.collect`), so it also shows runs whose results.json was not yet written. One row per
-(budget, strategy row, export, device and recovery dtype), over every root given: means over seeds, with the spread (sample standard deviation, n >= 2) after
-"±". Columns: parameters, blocks kept, in-domain and out-of-domain perplexity zero-shot and after recovery,
+(budget, strategy row, export, base model, device and recovery dtype), over every root given: means over seeds,
+with the spread (sample standard deviation, n >= 2) after "±". Columns: parameters, blocks kept, in-domain and out-of-domain perplexity zero-shot and after recovery,
 the local task's accuracy after recovery, candidate evaluations, tokens trained during the search and the
 search's wall time. Then, per budget, which row wins on zero-shot and on recovered in-domain perplexity,
-saying so where the two differ.
+saying so where the two differ, and with several seeds the winner of each seed. The unpruned model's figures
+(OUT/dense) head the table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_strategies import ROWS, collect  # noqa: E402
+from compare_strategies import ROWS, collect, model_label  # noqa: E402
 
 COLUMNS = ("zero_shot", "recovered", "zero_shot_ood", "recovered_ood", "task_recovered")
 
@@ -33,7 +34,9 @@ def runs(root: Path) -> list[dict]:
     import yaml
 
     out = []
-    done = lambda run: (run / "arch.json").is_file() and (run / "search" / "summary.json").is_file()  # noqa: E731
+    # exported and evaluated zero-shot at least (a run still searching or exporting is not in the table yet)
+    done = lambda run: all((run / p).is_file() for p in ("arch.json", "search/summary.json",  # noqa: E731
+                                                         "eval/pruned/results.json"))
     for run in sorted(root.glob("b*/s*/*")):
         if done(run):
             out.append(collect(run) | dict(budget=run.parent.parent.name[1:], seed=int(run.parent.name[1:]),
@@ -45,6 +48,21 @@ def runs(root: Path) -> list[dict]:
             out.append(rec | dict(budget=f"{rec['budget'] / json.loads((run / 'arch.json').read_text())['base_params']:.2g}",
                                   seed=int(seed), row=run.name))
     return out
+def dense(root: Path) -> dict | None:
+    """The unpruned model's figures under `root` (compare_strategies.py's OUT/dense), or None before they exist."""
+    d = root / "dense"
+    paths = {name: d / name / "results.json" for name in ("in-domain", "ood")}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    res = {name: json.loads(p.read_text()) for name, p in paths.items()}
+    tasks = res["in-domain"].get("tasks") or {}
+    task = next(iter(tasks.values()), None)
+    model = res["in-domain"]["model"]
+    return {"model": model_label(model["model_type"], model["params"]), "params": model["params"],
+            "ppl": res["in-domain"]["perplexity"]["ppl"], "ppl_ood": res["ood"]["perplexity"]["ppl"],
+            "task": task.get("acc") if isinstance(task, dict) else None}
+
+
 def stat(values: list) -> tuple[float, float, int]:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
@@ -59,14 +77,19 @@ def fmt(values: list, digits: int = 2) -> str:
     return f"{mean:,.{digits}f}" + (f" ± {sd:,.{digits}f}" if n > 1 else "")
 
 
-def table(all_runs: list[dict]) -> tuple[str, list[dict]]:
-    """Replicates are the runs of one (budget, row, export, device), from any of the roots."""
+def table(all_runs: list[dict], dense_models: list[dict] = ()) -> tuple[str, list[dict]]:
+    """Replicates are the runs of one (budget, row, export, model, device), from any of the roots."""
     groups: dict[tuple, list[dict]] = {}
     order = {name: i for i, name in enumerate(ROWS)}
-    for r in all_runs:  # the device label carries the recovery's compute dtype: a different protocol
-        device = f"{r['device']}, recovery {r.get('recover_dtype', 'fp32')}"
+    for r in all_runs:  # the device label carries the model and the recovery's compute dtype: another protocol
+        device = f"{r.get('model', '?')}, {r['device']}, recovery {r.get('recover_dtype', 'fp32')}"
         groups.setdefault((r["budget"], r["row"], r["export"], device), []).append(r)
-    lines, rows = [], []
+    lines = []
+    for d in {d["model"]: d for d in dense_models}.values():
+        lines.append(f"Dense {d['model']} (unpruned): PPL {d['ppl']:.2f} in "
+                     f"domain, {d['ppl_ood']:.2f} out of domain" + (f", task acc {d['task']:.3f}" if d["task"] is not None
+                                                                    else "") + ".")
+    rows = []
     head = ("| budget | row | export | seeds | params | blocks | PPL zero-shot | PPL recovered | OOD zero-shot | "
             "OOD recovered | task acc (recovered) | candidates | tokens trained in search | search s | device |")
     for key in sorted(groups, key=lambda k: (k[0], k[3], order.get(k[1], 99), k[2])):
@@ -76,7 +99,8 @@ def table(all_runs: list[dict]) -> tuple[str, list[dict]]:
             lines += ["", f"**budget {float(budget):.0%}, {device}**", "", head, "|" + "---|" * 2 + "---|" * 2
                       + "---:|" * 11]
         summary = {"budget": budget, "device": device, "row": row, "export": export,
-                   "seeds": sorted(r["seed"] for r in rs), **{c: stat([r[c] for r in rs])[0] for c in COLUMNS}}
+                   "seeds": sorted(r["seed"] for r in rs), **{c: stat([r[c] for r in rs])[0] for c in COLUMNS},
+                   "per_seed": {r["seed"]: {c: r[c] for c in COLUMNS} for r in rs}}
         rows.append(summary)
         lines.append(f"| {float(budget):.0%} | {row} | {export} | {len(rs)} | "
                      f"{statistics.fmean(r['params'] for r in rs) / 1e6:.2f}M | "
@@ -97,13 +121,33 @@ def table(all_runs: list[dict]) -> tuple[str, list[dict]]:
                   f"`{best['recovered']['row']}`" + ("" if same else " (the winners differ)")
                   + (f", best recovered out of domain `{best['recovered_ood']['row']}`" if best["recovered_ood"] else "")
                   + "."]
+        lines += per_seed_winners(these)
         for d in (r for r in rows if (r["budget"], r["device"]) == (budget, device) and r["row"].endswith("-distill")):
-            plain = next((r for r in these if r["row"] == d["row"].removesuffix("-distill")), None)
+            plain = next((r for r in these if (r["row"], r["export"]) == (d["row"].removesuffix("-distill"),
+                                                                        d["export"])), None)
             if plain is not None:
                 lines.append(f"`{d['row']}` against plain recovery of the same model: in domain {plain['recovered']:.2f} "
                              f"-> {d['recovered']:.2f}, out of domain {plain['recovered_ood']:.2f} -> "
                              f"{d['recovered_ood']:.2f}.")
     return "\n".join(lines), rows
+
+
+def per_seed_winners(rows: list[dict]) -> list[str]:
+    """Where several seeds ran, the best recovered row of each seed among the rows that ran it (a mean can hide a
+    winner that won once by a lot)."""
+    seeds = sorted({s for r in rows for s in r["per_seed"]})
+    if len(seeds) < 2:
+        return []
+    parts = []
+    for c, what in (("recovered", "in domain"), ("recovered_ood", "out of domain")):
+        best = []
+        for s in seeds:
+            scored = [(r["per_seed"][s][c], r["row"]) for r in rows
+                      if s in r["per_seed"] and r["per_seed"][s][c] is not None]
+            if scored:
+                best.append(f"s{s} `{min(scored)[1]}` ({len(scored)} rows)")
+        parts.append(f"best recovered {what} per seed: " + ", ".join(best))
+    return ["; ".join(parts).capitalize() + "."]
 
 
 def main() -> None:
@@ -112,7 +156,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the summary rows here")
     args = ap.parse_args()
     all_runs = [r for root in args.roots for r in runs(root)]
-    text, rows = table(all_runs)
+    text, rows = table(all_runs, [d for root in args.roots if (d := dense(root))])
     print(text)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -1,0 +1,84 @@
+"""benchmarks/compare_table.py: the strategy table's means, spreads, winners and reference line, from fake run dirs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def compare_table():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("compare_table", BENCH / "compare_table.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def write(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def eval_result(ppl: float, acc: float | None = None, model_type: str = "llama", params: int = 1000) -> dict:
+    out = {"model": {"model_type": model_type, "params": params}, "perplexity": {"ppl": ppl}}
+    if acc is not None:
+        out["tasks"] = {"local_analogies": {"acc": acc}}
+    return out
+
+
+def fake_run(run: Path, ppl: dict[str, float], family: str = "llama", base: int = 1000, finished: bool = True) -> None:
+    write(run / "arch.json", {"model": {"shape": {"family": family}}, "base_params": base, "params": 600,
+                              "budget": 600, "num_layers_kept": 4, "layers": [{}] * 4, "strategy": "evolution",
+                              "search_cost": {"candidate_evaluations": 10, "wall_seconds": 5.0}})
+    write(run / "search" / "summary.json", {"device": "cpu"})
+    if finished:
+        for name, value in ppl.items():
+            write(run / "eval" / name / "results.json", eval_result(value, 0.5 if name == "recovered" else None))
+
+
+def test_means_spreads_winners_and_the_dense_line(tmp_path, compare_table):
+    root = tmp_path / "cmp"
+    figures = {  # (row, seed) -> recovered in-domain / out-of-domain perplexity
+        ("evolution-kl", 0): (50.0, 100.0), ("evolution-kl", 1): (54.0, 90.0),
+        ("uniform", 0): (60.0, 95.0), ("uniform", 1): (52.0, 120.0),
+    }
+    for (row, seed), (rec, ood) in figures.items():
+        fake_run(root / "b0.6" / f"s{seed}" / row,
+                 {"pruned": 100.0 + seed, "recovered": rec, "pruned-ood": 200.0, "recovered-ood": ood})
+    fake_run(root / "b0.6" / "s2" / "evolution-kl", {}, finished=False)  # still searching: not in the table
+    write(root / "dense" / "in-domain" / "results.json", eval_result(18.0, 0.86, params=1000))
+    write(root / "dense" / "ood" / "results.json", eval_result(29.5, params=1000))
+
+    text, rows = compare_table.table(compare_table.runs(root), [compare_table.dense(root)])
+
+    assert "Dense llama 0.0M (unpruned): PPL 18.00 in domain, 29.50 out of domain, task acc 0.860." in text
+    by_row = {r["row"]: r for r in rows}
+    assert set(by_row) == {"evolution-kl", "uniform"}
+    assert by_row["evolution-kl"]["seeds"] == [0, 1]  # the unfinished seed 2 is left out
+    assert by_row["evolution-kl"]["recovered"] == pytest.approx(52.0)
+    assert "| 52.00 ± 2.83 |" in text  # mean and sample standard deviation of 50 and 54
+    assert "best recovered `evolution-kl`" in text  # 52.0 against uniform's 56.0
+    assert "best recovered out of domain `evolution-kl`" in text  # 95.0 against 107.5
+    # a mean can hide a split: each seed's winner is printed too
+    assert "s0 `evolution-kl` (2 rows), s1 `uniform` (2 rows)" in text
+    assert "out of domain per seed: s0 `uniform` (2 rows), s1 `evolution-kl` (2 rows)" in text
+
+
+def test_models_and_recovery_dtypes_are_separate_tables(tmp_path, compare_table):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_run(a / "b0.6" / "s0" / "uniform", {"pruned": 10.0, "recovered": 5.0}, family="llama", base=135_000_000)
+    fake_run(b / "b0.6" / "s0" / "uniform", {"pruned": 30.0, "recovered": 9.0}, family="qwen2", base=630_000_000)
+    text, rows = compare_table.table(compare_table.runs(a) + compare_table.runs(b))
+    assert len(rows) == 2 and {r["device"] for r in rows} == {"llama 135.0M, cpu, recovery fp32",
+                                                              "qwen2 630.0M, cpu, recovery fp32"}
+    assert text.count("| budget | row |") == 2
