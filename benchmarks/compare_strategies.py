@@ -260,10 +260,12 @@ def collect(run: Path) -> dict:
            "zero_shot": ppl("pruned"), "recovered": ppl("recovered"), "zero_shot_ood": ppl("pruned-ood"),
            "recovered_ood": ppl("recovered-ood"), "task_zero_shot": acc("pruned"), "task_recovered": acc("recovered")}
     rec = run / "model" / "reconstruction.json"
-    rec_cfg = run / "recover" / "recover.yaml"
-    dtype = yaml.safe_load(rec_cfg.read_text()).get("dtype", "auto") if rec_cfg.is_file() else "auto"
-    if dtype == "auto":  # bf16 autocast on a GPU, float32 on the CPU
-        dtype = "bfloat16" if str(out["device"]).startswith("cuda") else "float32"
+    rec_json, rec_cfg = run / "recover" / "recover.json", run / "recover" / "recover.yaml"
+    dtype = json.loads(rec_json.read_text()).get("compute_dtype") if rec_json.is_file() else None
+    if dtype is None:  # a recovery from before recover.json said (auto: bf16 autocast on a GPU, float32 on the CPU)
+        dtype = yaml.safe_load(rec_cfg.read_text()).get("dtype", "auto") if rec_cfg.is_file() else "auto"
+        if dtype == "auto":
+            dtype = "bfloat16" if str(out["device"]).startswith("cuda") else "float32"
     out["recover_dtype"] = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "fp32")
     out["export"] = "reconstructed" if rec.is_file() else ("database" if arch.get("levels") else "cut")
     return out

@@ -278,3 +278,12 @@ def test_two_ranks_with_torchrun_match_one_process(setup, tmp_path):
     logs = [[json.loads(line)["loss"] for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
             for run in ("one", "two")]
     assert logs[1] == pytest.approx(logs[0], rel=1e-4)
+
+
+def test_recover_json_records_the_compute_dtype(setup, tmp_path):
+    """recover.json says what `--dtype` resolved to (auto is float32 on the CPU), so tables need not guess."""
+    model_dir, data = setup
+    for dtype, expected in (("auto", "float32"), ("bfloat16", "bfloat16")):
+        out = tmp_path / dtype
+        recover(config(model_dir, data, out, tokens=2 * 4 * 32, dtype=dtype), progress=False)
+        assert json.loads((out / "recover.json").read_text())["compute_dtype"] == expected

@@ -134,6 +134,7 @@ class RecoverResult:
     out: str
     completed: bool
     resumed_from: int | None = None
+    compute_dtype: str = "float32"  # what --dtype resolved to: the autocast dtype, or float32 without autocast
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -66,6 +66,7 @@ class Recovery:
     # --- setup -------------------------------------------------------------------------------------
     def setup_accelerator(self) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         cfg = self.cfg
         mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.dtype, "no")
@@ -74,6 +75,9 @@ class Recovery:
         # Under torchrun without GPUs accelerate only forms a (gloo) process group when told to use the CPU.
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
         self.mixed = mixed
+        # accelerate keeps one mixed-precision setting per process and refuses another; a library caller may run a
+        # float32 recovery and then a bf16 one, so forget the previous run's choice (the process group is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=launched and not torch.cuda.is_available())
         self.world = self.accelerator.num_processes
         self.cfg = cfg.resolved(self.world)
@@ -274,7 +278,8 @@ class Recovery:
             steps=self.step, total_steps=self.total_steps, tokens_seen=self.step * self.tokens_per_step,
             wall_time_s=self.wall_before + self.run_time,
             tokens_per_s=self.run_tokens / self.run_time if self.run_time else 0.0, path=None, out=str(self.out),
-            completed=completed, resumed_from=self.resumed_from)
+            completed=completed, resumed_from=self.resumed_from,
+            compute_dtype={"bf16": "bfloat16", "fp16": "float16"}.get(self.mixed, "float32"))
         if completed:
             model = self.model
             model.config.use_cache = True
