@@ -2,6 +2,7 @@
 
     python benchmarks/compare_table.py runs/compare
     python benchmarks/compare_table.py runs/compare runs/compare-gpu --json table.json
+    python benchmarks/compare_table.py runs/compare --update README.md docs/comparison.md   # the <!-- cpu-table -->
 
 Reads every finished run directory OUT/b<budget>/s<seed>/<row> (arch.json, search/summary.json and its evals;
 `compare_strategies.collect`), so it also shows runs whose results.json was not yet written. One row per
@@ -34,9 +35,9 @@ def runs(root: Path) -> list[dict]:
     import yaml
 
     out = []
-    # exported and evaluated zero-shot at least (a run still searching or exporting is not in the table yet)
+    # recovered and evaluated (a run still in its search, export or recovery is not in the table yet)
     done = lambda run: all((run / p).is_file() for p in ("arch.json", "search/summary.json",  # noqa: E731
-                                                         "eval/pruned/results.json"))
+                                                         "eval/recovered/results.json"))
     for run in sorted(root.glob("b*/s*/*")):
         if done(run):
             out.append(collect(run) | dict(budget=run.parent.parent.name[1:], seed=int(run.parent.name[1:]),
@@ -150,16 +151,31 @@ def per_seed_winners(rows: list[dict]) -> list[str]:
     return ["; ".join(parts).capitalize() + "."]
 
 
+def update(path: Path, marker: str, text: str) -> None:
+    """Replace what lies between `<!-- marker -->` and `<!-- /marker -->` in `path` (README.md, docs/) by `text`."""
+    doc = path.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if doc.count(start) != 1 or doc.count(end) != 1 or doc.index(start) > doc.index(end):
+        raise SystemExit(f"{path}: expected one {start} ... {end} block")
+    head, rest = doc.split(start)
+    path.write_text(head + start + "\n" + text.strip("\n") + "\n" + end + rest.split(end, 1)[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("roots", nargs="+", type=Path)
     ap.add_argument("--json", type=Path, help="also write the summary rows here")
+    ap.add_argument("--update", nargs="+", type=Path, default=[], metavar="FILE",
+                    help="also put the table into these markdown files, between <!-- MARKER --> and <!-- /MARKER -->")
+    ap.add_argument("--marker", default="cpu-table", help="the block that --update replaces (default: cpu-table)")
     args = ap.parse_args()
     all_runs = [r for root in args.roots for r in runs(root)]
     text, rows = table(all_runs, [d for root in args.roots if (d := dense(root))])
     print(text)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    for path in args.update:
+        update(path, args.marker, text)
 
 
 if __name__ == "__main__":

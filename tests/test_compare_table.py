@@ -82,3 +82,12 @@ def test_models_and_recovery_dtypes_are_separate_tables(tmp_path, compare_table)
     assert len(rows) == 2 and {r["device"] for r in rows} == {"llama 135.0M, cpu, recovery fp32",
                                                               "qwen2 630.0M, cpu, recovery fp32"}
     assert text.count("| budget | row |") == 2
+
+
+def test_update_replaces_only_the_marked_block(tmp_path, compare_table):
+    doc = tmp_path / "README.md"
+    doc.write_text("intro\n<!-- cpu-table -->\nold table\n<!-- /cpu-table -->\nafter\n")
+    compare_table.update(doc, "cpu-table", "\nnew table\n")
+    assert doc.read_text() == "intro\n<!-- cpu-table -->\nnew table\n<!-- /cpu-table -->\nafter\n"
+    with pytest.raises(SystemExit, match="expected one"):
+        compare_table.update(doc, "gpu-table", "x")
