@@ -118,18 +118,23 @@ def table(all_runs: list[dict], dense_models: list[dict] = ()) -> tuple[str, lis
         if best["recovered"] is None or best["zero_shot"] is None:
             continue
         same = best["zero_shot"]["row"] == best["recovered"]["row"]
+        unequal = len({tuple(r["seeds"]) for r in these}) > 1
         lines += ["", f"{float(budget):.0%} on {device}: best zero-shot `{best['zero_shot']['row']}`, best recovered "
                   f"`{best['recovered']['row']}`" + ("" if same else " (the winners differ)")
                   + (f", best recovered out of domain `{best['recovered_ood']['row']}`" if best["recovered_ood"] else "")
-                  + "."]
+                  + (" (means over unequal sets of seeds: see the seeds column)" if unequal else "") + "."]
         lines += per_seed_winners(these)
         for d in (r for r in rows if (r["budget"], r["device"]) == (budget, device) and r["row"].endswith("-distill")):
             plain = next((r for r in these if (r["row"], r["export"]) == (d["row"].removesuffix("-distill"),
                                                                         d["export"])), None)
-            if plain is not None:
-                lines.append(f"`{d['row']}` against plain recovery of the same model: in domain {plain['recovered']:.2f} "
-                             f"-> {d['recovered']:.2f}, out of domain {plain['recovered_ood']:.2f} -> "
-                             f"{d['recovered_ood']:.2f}.")
+            common = sorted(set(d["per_seed"]) & set(plain["per_seed"])) if plain is not None else []
+            if common:  # paired: the same seeds' models, recovered both ways
+                mean = lambda r, c: statistics.fmean(r["per_seed"][s][c] for s in common)  # noqa: E731
+                wins = sum(d["per_seed"][s]["recovered_ood"] < plain["per_seed"][s]["recovered_ood"] for s in common)
+                lines.append(f"`{d['row']}` against plain recovery of the same models (seeds "
+                             f"{', '.join(map(str, common))}): in domain {mean(plain, 'recovered'):.2f} -> "
+                             f"{mean(d, 'recovered'):.2f}, out of domain {mean(plain, 'recovered_ood'):.2f} -> "
+                             f"{mean(d, 'recovered_ood'):.2f} (better out of domain on {wins} of {len(common)} seeds).")
     return "\n".join(lines), rows
 
 
@@ -146,7 +151,7 @@ def per_seed_winners(rows: list[dict]) -> list[str]:
             scored = [(r["per_seed"][s][c], r["row"]) for r in rows
                       if s in r["per_seed"] and r["per_seed"][s][c] is not None]
             if scored:
-                best.append(f"s{s} `{min(scored)[1]}` ({len(scored)} rows)")
+                best.append(f"s{s} `{min(scored)[1]}` ({len(scored)} row{'s' if len(scored) > 1 else ''})")
         parts.append(f"best recovered {what} per seed: " + ", ".join(best))
     return ["; ".join(parts).capitalize() + "."]
 

@@ -91,3 +91,21 @@ def test_update_replaces_only_the_marked_block(tmp_path, compare_table):
     assert doc.read_text() == "intro\n<!-- cpu-table -->\nnew table\n<!-- /cpu-table -->\nafter\n"
     with pytest.raises(SystemExit, match="expected one"):
         compare_table.update(doc, "gpu-table", "x")
+
+
+def test_distillation_is_compared_on_the_seeds_both_recoveries_ran(tmp_path, compare_table):
+    root = tmp_path / "cmp"
+    for seed, (plain, distilled) in enumerate([((58.0, 127.0), (53.0, 112.0)), ((59.0, 130.0), None)]):
+        fake_run(root / "b0.6" / f"s{seed}" / "evolution-kl",
+                 {"pruned": 135.0, "recovered": plain[0], "pruned-ood": 258.0, "recovered-ood": plain[1]})
+        if distilled:
+            fake_run(root / "b0.6" / f"s{seed}" / "evolution-kl-distill",
+                     {"pruned": 135.0, "recovered": distilled[0], "pruned-ood": 258.0, "recovered-ood": distilled[1]})
+    for run in root.glob("b0.6/s*/*"):  # both exported with reconstruction, as compare_strategies does
+        (run / "model").mkdir()
+        (run / "model" / "reconstruction.json").write_text("{}")
+    text, _ = compare_table.table(compare_table.runs(root))
+    assert ("against plain recovery of the same models (seeds 0): in domain 58.00 -> 53.00, out of domain "
+            "127.00 -> 112.00 (better out of domain on 1 of 1 seeds)") in text
+    # the distilled row does not compete with the search rows, and the winners are flagged as unequal-seed means
+    assert "best recovered `evolution-kl`" in text and "(means over unequal sets of seeds" not in text
