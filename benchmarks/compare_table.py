@@ -129,7 +129,7 @@ def table(all_runs: list[dict], dense_models: list[dict] = ()) -> tuple[str, lis
                                                                         d["export"])), None)
             common = sorted(set(d["per_seed"]) & set(plain["per_seed"])) if plain is not None else []
             if common:  # paired: the same seeds' models, recovered both ways
-                mean = lambda r, c: statistics.fmean(r["per_seed"][s][c] for s in common)  # noqa: E731
+                mean = lambda r, c, seeds=tuple(common): statistics.fmean(r["per_seed"][s][c] for s in seeds)  # noqa: E731
                 wins = sum(d["per_seed"][s]["recovered_ood"] < plain["per_seed"][s]["recovered_ood"] for s in common)
                 lines.append(f"`{d['row']}` against plain recovery of the same models (seeds "
                              f"{', '.join(map(str, common))}): in domain {mean(plain, 'recovered'):.2f} -> "
