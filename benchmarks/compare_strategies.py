@@ -46,7 +46,7 @@ ROWS: dict[str, dict] = {  # name -> how it is searched and exported
     "evolution-kl": dict(strategy="evolution", proxy="kl", reconstruct="dense"),
     "evolution-kl-cut": dict(base="evolution-kl", reconstruct="none"),
     # recovery on the same footing: the kl row's export, recovered with distillation from the dense model (same tokens)
-    "evolution-kl-distill": dict(base="evolution-kl", reconstruct="dense", flags=["--distill"]),
+    "evolution-kl-distill": dict(base="evolution-kl", reconstruct="dense", flags=["--distill", "true"]),
     "evolution-phi": dict(strategy="evolution", proxy="phi", reconstruct="dense"),
     "evolution-phi-cut": dict(base="evolution-phi", reconstruct="none"),
     "darwinlm": dict(strategy="darwinlm"),
@@ -164,7 +164,9 @@ class Bench:
             flags += ["--strategy", strategy]
         else:
             flags += ["--strategy", spec["strategy"]] + (["--proxy", spec["proxy"]] if spec.get("proxy") else [])
-        flags += spec.get("flags", [])
+        # every strategy row recovers with the plain next-token loss, whatever `tracenas run` defaults to
+        extra = spec.get("flags", [])
+        flags += extra if "--distill" in extra else ["--distill", "false", *extra]
         if spec.get("reconstruct"):
             flags += ["--reconstruct", spec["reconstruct"]]
         if self.args.reuse and not out.exists():
