@@ -222,7 +222,7 @@ class Bench:
             self.save()
 
         with ThreadPoolExecutor(a.jobs) as pool:
-            list(pool.map(guarded, [*items, None]))  # None: the dense model's evals
+            list(pool.map(guarded, [None, *items]))  # None: the dense model's evals (the reference line) first
         self.save()
         for f in failures:
             print("FAILED", f, file=sys.stderr)
