@@ -23,6 +23,7 @@ def test_run_produces_complete_directory_and_skips_finished_stages(tiny_model_di
     assert "proxy: kl" in (out / "run.yaml").read_text()  # the quick preset's proxy, resolved and recorded
     assert json.loads((out / "arch.json").read_text())["proxy"] == "kl" and "proxy `kl`" in report
     assert "## Architecture" in report and "## Quality" in report and "## Speed" in report
+    assert f"Recovery (distilled from {tiny_model_dir})" in report  # the default recovery loss, said in the report
     ppl = {n: json.loads((out / "eval" / n / "results.json").read_text())["perplexity"]["ppl"]
            for n in ("base", "pruned", "recovered")}
     assert all(v > 1 for v in ppl.values())
@@ -70,5 +71,9 @@ def test_run_passes_recovery_dtype_and_defaults_the_teacher_to_the_base(tiny_mod
     run_pipeline(RunConfig(out=str(out), stages="recover", recover_dtype="bfloat16", distill=True, **TINY_RUN),
                  progress=False)
     assert (seen[0].dtype, seen[0].distill, seen[0].teacher) == ("bfloat16", True, DEFAULT_MODEL)
+    # by default the recovery distills from the run's base model; --distill false is the plain next-token loss
     run_pipeline(RunConfig(model=str(tiny_model_dir), out=str(out), stages="recover", **TINY_RUN), progress=False)
-    assert (seen[1].dtype, seen[1].teacher) == ("auto", None)
+    assert (seen[1].dtype, seen[1].distill, seen[1].teacher) == ("auto", True, str(tiny_model_dir))
+    run_pipeline(RunConfig(model=str(tiny_model_dir), out=str(out), stages="recover", distill=False, **TINY_RUN),
+                 progress=False)
+    assert (seen[2].distill, seen[2].teacher) == (False, None)

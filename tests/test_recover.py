@@ -129,6 +129,7 @@ def test_distillation_runs_and_logs_kl(setup, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "kd" / "train_log.jsonl").read_text().splitlines()]
     assert result.completed and all(r["kl"] > 0 for r in log)
     assert all(abs(r["loss"] - (0.5 * r["ce"] + 0.5 * r["kl"])) < 1e-4 for r in log)
+    assert json.loads((tmp_path / "kd" / "recover.json").read_text())["teacher"] == str(teacher)
 
 
 def test_chunked_loss_matches_full_logits():
@@ -286,4 +287,5 @@ def test_recover_json_records_the_compute_dtype(setup, tmp_path):
     for dtype, expected in (("auto", "float32"), ("bfloat16", "bfloat16")):
         out = tmp_path / dtype
         recover(config(model_dir, data, out, tokens=2 * 4 * 32, dtype=dtype), progress=False)
-        assert json.loads((out / "recover.json").read_text())["compute_dtype"] == expected
+        record = json.loads((out / "recover.json").read_text())
+        assert (record["compute_dtype"], record["teacher"]) == (expected, None)

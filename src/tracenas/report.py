@@ -205,7 +205,8 @@ def write_report(out: str | os.PathLike) -> dict:
             lines.append(f"| {name} | {_fmt_ppl(evals[name])} |")
         lines.append("")
         if rec:
-            lines += [f"Recovery: {rec['steps']} steps, {rec['tokens_seen']:,} tokens, final training loss "
+            how = f" (distilled from {rec['teacher']})" if rec.get("teacher") else ""
+            lines += [f"Recovery{how}: {rec['steps']} steps, {rec['tokens_seen']:,} tokens, final training loss "
                       f"{rec['final_loss']:.3f}, {rec['wall_time_s']:.0f} s.", "", "![loss](recover/loss.png)", ""]
         task_rows = []
         for name, res in evals.items():

@@ -135,6 +135,7 @@ class RecoverResult:
     completed: bool
     resumed_from: int | None = None
     compute_dtype: str = "float32"  # what --dtype resolved to: the autocast dtype, or float32 without autocast
+    teacher: str | None = None  # the model distilled from (--distill), else None: plain next-token loss
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

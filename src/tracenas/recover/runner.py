@@ -279,7 +279,8 @@ class Recovery:
             wall_time_s=self.wall_before + self.run_time,
             tokens_per_s=self.run_tokens / self.run_time if self.run_time else 0.0, path=None, out=str(self.out),
             completed=completed, resumed_from=self.resumed_from,
-            compute_dtype={"bf16": "bfloat16", "fp16": "float16"}.get(self.mixed, "float32"))
+            compute_dtype={"bf16": "bfloat16", "fp16": "float16"}.get(self.mixed, "float32"),
+            teacher=self.cfg.teacher if self.cfg.distill else None)
         if completed:
             model = self.model
             model.config.use_cache = True
