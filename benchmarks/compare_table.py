@@ -2,7 +2,8 @@
 
     python benchmarks/compare_table.py runs/compare
     python benchmarks/compare_table.py runs/compare runs/compare-gpu --json table.json
-    python benchmarks/compare_table.py runs/compare --update README.md docs/comparison.md   # the <!-- cpu-table -->
+    python benchmarks/compare_table.py runs/compare --save benchmarks/results/compare-cpu.jsonl   # keep the figures
+    python benchmarks/compare_table.py benchmarks/results/compare-cpu.jsonl --update README.md docs/comparison.md
 
 Reads every finished run directory OUT/b<budget>/s<seed>/<row> (arch.json, search/summary.json and its evals;
 `compare_strategies.collect`), so it also shows runs whose results.json was not yet written. One row per
@@ -12,6 +13,11 @@ the local task's accuracy after recovery, candidate evaluations, tokens trained 
 search's wall time. Then, per budget, which row wins on zero-shot and on recovered in-domain perplexity,
 saying so where the two differ, and with several seeds the winner of each seed. The unpruned model's figures
 (OUT/dense) head the table.
+
+A source is a run root or a `.jsonl` file of records that `--save` wrote: one line per finished run (and per dense
+model) with the figures above, so the table outlives the run directories (checkpoints are gigabytes; the
+records are what the README's tables are printed from, committed under benchmarks/results/). `--save` merges:
+a record of the same (model, device, recovery dtype, budget, row, export, seed) is replaced.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -62,6 +69,45 @@ def dense(root: Path) -> dict | None:
     return {"model": model_label(model["model_type"], model["params"]), "params": model["params"],
             "ppl": res["in-domain"]["perplexity"]["ppl"], "ppl_ood": res["ood"]["perplexity"]["ppl"],
             "task": task.get("acc") if isinstance(task, dict) else None}
+
+
+def record_key(rec: dict) -> tuple:
+    """What makes a record one measurement: a rerun of the same run replaces it."""
+    if rec.get("kind") == "dense":
+        return ("dense", rec["model"])
+    return ("run", rec.get("model"), rec["device"], rec.get("recover_dtype", "fp32"), rec["budget"], rec["row"],
+            rec["export"], rec["seed"])
+
+
+def load_records(path: Path) -> tuple[list[dict], list[dict]]:
+    """The (runs, dense models) of a records file written by `save_records`."""
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in recs if r.get("kind") != "dense"], [r for r in recs if r.get("kind") == "dense"]
+
+
+def save_records(path: Path, all_runs: list[dict], dense_models: list[dict]) -> int:
+    """Merge these runs and dense models into the records file `path` (atomically); returns how many it holds."""
+    merged: dict[tuple, dict] = {}
+    if path.is_file():
+        old_runs, old_dense = load_records(path)
+        merged = {record_key(r): r for r in [*old_dense, *old_runs]}
+    for r in [*({"kind": "dense"} | d for d in dense_models), *({"kind": "run"} | r for r in all_runs)]:
+        merged[record_key(r)] = r
+    lines = [json.dumps(merged[k], sort_keys=True) for k in sorted(merged, key=lambda k: json.dumps(k))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return len(lines)
+
+
+def load(source: Path) -> tuple[list[dict], list[dict]]:
+    """The (runs, dense models) of one source: a run root, or a `.jsonl` records file."""
+    if source.is_file():
+        return load_records(source)
+    if not source.is_dir():
+        raise SystemExit(f"{source}: neither a run root nor a records file")
+    return runs(source), [d] if (d := dense(source)) else []
 
 
 def stat(values: list) -> tuple[float, float, int]:
@@ -168,14 +214,24 @@ def update(path: Path, marker: str, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("roots", nargs="+", type=Path)
+    ap.add_argument("sources", nargs="+", type=Path, metavar="SOURCE",
+                    help="run roots of compare_strategies.py, or .jsonl records files written by --save")
     ap.add_argument("--json", type=Path, help="also write the summary rows here")
+    ap.add_argument("--save", type=Path, metavar="FILE.jsonl",
+                    help="merge every run and dense model read into this records file (the table's raw figures)")
     ap.add_argument("--update", nargs="+", type=Path, default=[], metavar="FILE",
                     help="also put the table into these markdown files, between <!-- MARKER --> and <!-- /MARKER -->")
     ap.add_argument("--marker", default="cpu-table", help="the block that --update replaces (default: cpu-table)")
     args = ap.parse_args()
-    all_runs = [r for root in args.roots for r in runs(root)]
-    text, rows = table(all_runs, [d for root in args.roots if (d := dense(root))])
+    found: dict[tuple, dict] = {}  # one record per measurement: a later source's figures replace an earlier one's
+    for source in args.sources:
+        r, d = load(source)
+        found |= {record_key({"kind": "dense"} | x): x for x in d} | {record_key(x): x for x in r}
+    all_runs = [r for k, r in found.items() if k[0] == "run"]
+    dense_models = [d for k, d in found.items() if k[0] == "dense"]
+    if args.save:
+        print(f"{args.save}: {save_records(args.save, all_runs, dense_models)} records", file=sys.stderr)
+    text, rows = table(all_runs, dense_models)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -109,3 +109,23 @@ def test_distillation_is_compared_on_the_seeds_both_recoveries_ran(tmp_path, com
             "127.00 -> 112.00 (better out of domain on 1 of 1 seeds)") in text
     # the distilled row does not compete with the search rows, and the winners are flagged as unequal-seed means
     assert "best recovered `evolution-kl`" in text and "(means over unequal sets of seeds" not in text
+
+
+def test_saved_records_print_the_same_table_and_a_rerun_replaces_its_record(tmp_path, compare_table):
+    root, store = tmp_path / "cmp", tmp_path / "results" / "cpu.jsonl"
+    for seed, rec in enumerate((50.0, 54.0)):
+        fake_run(root / "b0.6" / f"s{seed}" / "evolution-kl", {"pruned": 100.0, "recovered": rec})
+    write(root / "dense" / "in-domain" / "results.json", eval_result(18.0, 0.86))
+    write(root / "dense" / "ood" / "results.json", eval_result(29.5))
+    runs, dense = compare_table.load(root)
+    assert compare_table.save_records(store, runs, dense) == 3  # two runs and the dense model
+    assert compare_table.table(*compare_table.load(store))[0] == compare_table.table(runs, dense)[0]
+
+    # the run directories may go; a rerun of seed 1 with other figures replaces its record, seed 0's stays
+    fake_run(root / "b0.6" / "s1" / "evolution-kl", {"pruned": 100.0, "recovered": 56.0})
+    assert compare_table.save_records(store, compare_table.runs(root)[1:], []) == 3
+    (root / "b0.6" / "s0" / "evolution-kl" / "arch.json").unlink()
+    _, rows = compare_table.table(*compare_table.load(store))
+    assert rows[0]["per_seed"][0]["recovered"] == 50.0 and rows[0]["per_seed"][1]["recovered"] == 56.0
+    with pytest.raises(SystemExit, match="neither a run root nor a records file"):
+        compare_table.load(tmp_path / "missing")
