@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -129,9 +129,10 @@ def select(space: SearchSpace, genome: Genome, importance: Importance) -> list[L
     return out
 
 
-def _complement(kept: tuple[int, ...], n: int) -> torch.Tensor:
+def complement(kept: Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
+    """The indices of range(n) not in `kept` (a sequence or a tensor of indices), ascending."""
     mask = torch.ones(n, dtype=torch.bool)
-    mask[list(kept)] = False
+    mask[torch.as_tensor(kept, dtype=torch.long)] = False
     return mask.nonzero().flatten()
 
 
@@ -181,7 +182,7 @@ def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelecti
                 originals[i] = layer
                 layers[i] = SkipLayer(layer)
                 continue
-            gone_heads = _complement(sel.heads, s.num_heads)
+            gone_heads = complement(sel.heads, s.num_heads)
             if gone_heads.numel():
                 rows = head_rows(gone_heads.tolist(), s.head_dim)
                 q, o = adapter.attn_proj(layer, "q_proj"), adapter.attn_proj(layer, "o_proj")
@@ -195,7 +196,7 @@ def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelecti
                         lin = adapter.attn_proj(layer, name)
                         _zero(saved, lin.weight, 0, rows)
                         _zero(saved, lin.bias, 0, rows)
-            gone_ch = _complement(sel.channels, s.intermediate_size)
+            gone_ch = complement(sel.channels, s.intermediate_size)
             if gone_ch.numel():
                 for name in ("gate_proj", "up_proj"):
                     lin = adapter.mlp_proj(layer, name)

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from tracenas.errors import TracenasError
-from tracenas.masking import LayerSelection, head_rows
+from tracenas.masking import LayerSelection, complement, head_rows
 from tracenas.models.adapter import ModelAdapter, ModelShape
 
 log = logging.getLogger(__name__)
@@ -352,17 +352,11 @@ def _zero_rows(lin: nn.Linear, gone: torch.Tensor) -> None:
             lin.bias.data[gone.to(lin.bias.device)] = 0
 
 
-def _complement(kept: torch.Tensor, n: int) -> torch.Tensor:
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[kept] = False
-    return mask.nonzero().flatten()
-
-
 def prune_attention_(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, heads: tuple[int, ...],
                      o_cols: torch.Tensor | None) -> None:
     """Mask a block's attention to `heads` in place; `o_cols` (kept `o_proj` columns) replaces the kept ones."""
     kept = head_rows(heads, shape.head_dim) if heads else torch.zeros(0, dtype=torch.long)
-    gone = _complement(kept, shape.num_heads * shape.head_dim)
+    gone = complement(kept, shape.num_heads * shape.head_dim)
     _zero_rows(adapter.attn_proj(layer, "q_proj"), gone)
     if not shape.is_gqa:
         for name in ("k_proj", "v_proj"):
@@ -374,7 +368,7 @@ def prune_mlp_(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, chann
                down_cols: torch.Tensor | None) -> None:
     """Mask a block's MLP to `channels` in place; `down_cols` replaces the kept `down_proj` columns."""
     kept = torch.tensor(channels, dtype=torch.long)
-    gone = _complement(kept, shape.intermediate_size)
+    gone = complement(kept, shape.intermediate_size)
     for name in ("gate_proj", "up_proj"):
         _zero_rows(adapter.mlp_proj(layer, name), gone)
     _set_columns(adapter.mlp_proj(layer, "down_proj"), kept, down_cols)
