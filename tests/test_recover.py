@@ -86,7 +86,18 @@ def test_recover_lowers_loss_and_keeps_shapes(setup, tmp_path):
     for name in ("recover.yaml", "recover.json", "loss.png"):
         assert (tmp_path / "run" / name).is_file(), name
     assert (Path(result.path) / "tokenizer.json").is_file()
-    assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 2  # keep_checkpoints
+    # the checkpoints only served --resume: gone once the model is saved, and the finished run is not retrained
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    for resume in (False, True):
+        with pytest.raises(TracenasError, match="already holds a finished recovery"):
+            recover(config(model_dir, data, tmp_path / "run", resume=resume), progress=False)
+
+
+def test_keep_final_checkpoints_keeps_the_newest(setup, tmp_path):
+    model_dir, data = setup
+    recover(config(model_dir, data, tmp_path / "run", tokens=30 * 4 * 32, keep_final_checkpoints=True), progress=False)
+    steps = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert steps == ["step-20", "step-30"]  # save_every 10, keep_checkpoints 2
 
 
 def test_resume_after_kill_is_bit_identical(setup, tmp_path):
@@ -115,10 +126,10 @@ def test_stop_after_steps_then_resume(setup, tmp_path):
     model_dir, data = setup
     first = recover(config(model_dir, data, tmp_path / "r", tokens=12 * 4 * 32, stop_after_steps=5), progress=False)
     assert not first.completed and first.path is None and first.steps == 5
-    second = recover(config(model_dir, data, tmp_path / "r", tokens=12 * 4 * 32, resume=True), progress=False)
-    assert second.completed and second.resumed_from == 5
     with pytest.raises(TracenasError, match="settings changed.*lr"):
         recover(config(model_dir, data, tmp_path / "r", tokens=12 * 4 * 32, resume=True, lr=1e-3), progress=False)
+    second = recover(config(model_dir, data, tmp_path / "r", tokens=12 * 4 * 32, resume=True), progress=False)
+    assert second.completed and second.resumed_from == 5
 
 
 def test_distillation_runs_and_logs_kl(setup, tmp_path):

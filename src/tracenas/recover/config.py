@@ -63,6 +63,9 @@ class RecoverConfig:
     distill_temperature: float = opt(1.0, "softmax temperature T of the distillation loss")
     save_every: int | None = opt(None, "write a checkpoint every N optimizer steps (0 = only at the end)")
     keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
+    keep_final_checkpoints: bool = opt(False, "keep checkpoints/ once the recovered model is saved (deleted then by "
+                                              "default: they only serve --resume, and each holds the weights and "
+                                              "the AdamW state, about 3x the float32 model)")
     stop_after_steps: int | None = opt(None, "stop (with a checkpoint) once this many steps are done; the schedule "
                                              "still spans the whole budget, so --resume continues it")
     out: str = opt("runs/recover", "output directory (model/, checkpoints/, train_log.jsonl, loss.png, ...)")

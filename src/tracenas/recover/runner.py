@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch import nn
 
 from tracenas.config import atomic_write_json, save_config
 from tracenas.errors import DataError, TracenasError
-from tracenas.recover.checkpoints import (_checkpoint_dirs, remove_partial_checkpoints, _fingerprint, _is_fsdp, _load_checkpoint, _read_log,
+from tracenas.recover.checkpoints import (CHECKPOINTS, _checkpoint_dirs, remove_partial_checkpoints, _fingerprint, _is_fsdp, _load_checkpoint, _read_log,
                                           _save_checkpoint)
 from tracenas.recover.config import RecoverConfig, RecoverResult
 from tracenas.recover.losses import _LossModel
@@ -109,6 +110,9 @@ class Recovery:
         if any(p.dtype != torch.float32 for p in self.model.parameters()):
             self.model.float()  # float32 master weights; the compute dtype comes from autocast
         self.checkpoints = _checkpoint_dirs(self.out)
+        if not self.checkpoints and is_done(self.out):  # its checkpoints were deleted once the model was saved
+            raise TracenasError(f"{self.out} already holds a finished recovery (recover.json, model/): nothing to "
+                                "resume; choose another --out, or delete it to train again")
         if self.checkpoints and not cfg.resume:
             raise TracenasError(f"{self.out} already holds checkpoints (up to step {self.checkpoints[-1][0]}): pass "
                                 "--resume to continue, or choose another --out")
@@ -297,6 +301,8 @@ class Recovery:
             plot_loss(self.records, self.out / "loss.png")
             atomic_write_json(self.out / "recover.json", result.as_dict())
         self.accelerator.wait_for_everyone()
+        if completed and self.main and not cfg.keep_final_checkpoints:
+            shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)  # recover.json now says it is done
         return result
 
     def run(self) -> RecoverResult:
