@@ -25,8 +25,9 @@ for `-distill`, its export) and runs the remaining stages only. Every model (pru
 The unpruned model is evaluated the same three ways (OUT/dense), the table's reference line.
 
 Everything is skipped when its outputs exist, so a rerun resumes and `--table` prints. Commands run as
-subprocesses, `--jobs` at a time, at `--threads` threads each. Results: OUT/results.json; the table:
-`benchmarks/compare_table.py OUT`.
+subprocesses, `--jobs` at a time, at `--threads` threads each. Results: OUT/results.json, and with `--save FILE`
+the figures of every finished run merged into a records file after each run (the README's tables are printed from
+benchmarks/results/compare-cpu.jsonl); the table: `benchmarks/compare_table.py OUT` (or FILE).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -99,6 +101,7 @@ def write_inputs(root: Path, questions: int = 500) -> tuple[Path, Path]:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self._records_lock = threading.Lock()
         self.root: Path = args.out
         self.path = self.root / "results.json"
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"runs": {}}
@@ -209,6 +212,14 @@ class Bench:
         skip = {"recover", "recovered", "recovered-ood", "report.md", "run_timings.json"}
         shutil.copytree(src, out, ignore=lambda d, names: [n for n in names if n in skip])
 
+    def save_records(self, path: Path) -> None:
+        """`--save FILE`: merge every finished run (and the dense figures) into the records file the README's
+        tables are printed from, after each run, so that no finished figure depends on this machine surviving."""
+        from compare_table import dense, runs, save_records
+
+        with self._records_lock:
+            save_records(path, runs(self.root), [d] if (d := dense(self.root)) else [])
+
     def all(self) -> None:
         a = self.args
         write_inputs(self.root)
@@ -223,6 +234,8 @@ class Bench:
             except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
                 failures.append(f"{'/'.join(map(str, item or ['dense']))}: {err}")
             self.save()
+            if a.save:
+                self.save_records(a.save)
 
         with ThreadPoolExecutor(a.jobs) as pool:
             list(pool.map(guarded, [None, *items]))  # None: the dense model's evals (the reference line) first
@@ -296,6 +309,9 @@ def main() -> None:
     ap.add_argument("--reuse", type=Path, default=None,
                     help="another OUT root whose searches and exports to start from (a run that differs only in "
                          "its recovery settings, e.g. --recover-dtype)")
+    ap.add_argument("--save", type=Path, default=None, metavar="FILE.jsonl",
+                    help="after every run, merge the finished runs into this records file (compare_table.py --save; "
+                         "the README's figures live in benchmarks/results/compare-cpu.jsonl)")
     ap.add_argument("--table", action="store_true", help="only print the table of what is done")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
