@@ -121,7 +121,7 @@ def fmt(values: list, digits: int = 2) -> str:
     mean, sd, n = stat(values)
     if n == 0:
         return "–"
-    return f"{mean:,.{digits}f}" + (f" ± {sd:,.{digits}f}" if n > 1 else "")
+    return f"{mean:,.{digits}f}" + (f" ± {sd:,.{digits}f}" if n > 1 and sd > 0 else "")  # no "± 0" for equal counts
 
 
 def table(all_runs: list[dict], dense_models: list[dict] = ()) -> tuple[str, list[dict]]:
