@@ -181,7 +181,22 @@ def table(all_runs: list[dict], dense_models: list[dict] = ()) -> tuple[str, lis
                              f"{', '.join(map(str, common))}): in domain {mean(plain, 'recovered'):.2f} -> "
                              f"{mean(d, 'recovered'):.2f}, out of domain {mean(plain, 'recovered_ood'):.2f} -> "
                              f"{mean(d, 'recovered_ood'):.2f} (better out of domain on {wins} of {len(common)} seeds).")
+                lines += ["", *paired_table(plain, d, common)]
     return "\n".join(lines), rows
+
+
+def paired_table(plain: dict, other: dict, seeds: list[int]) -> list[str]:
+    """Per seed, the same model recovered two ways (plain, and `other`: distilled): the lines of a markdown table."""
+    cols = (("recovered", "PPL", 2), ("recovered_ood", "OOD", 2), ("task_recovered", "task acc", 3))
+    out = ["| seed | " + " | ".join(f"{name} plain | {name} `{other['row']}`" for _, name, _ in cols) + " |",
+           "|---:|" + "---:|" * (2 * len(cols))]
+    for s in seeds:
+        cells = []
+        for c, _, digits in cols:
+            a, b = plain["per_seed"][s][c], other["per_seed"][s][c]
+            cells += [f"{a:,.{digits}f}" if a is not None else "–", f"{b:,.{digits}f}" if b is not None else "–"]
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    return out
 
 
 def per_seed_winners(rows: list[dict]) -> list[str]:

@@ -107,6 +107,8 @@ def test_distillation_is_compared_on_the_seeds_both_recoveries_ran(tmp_path, com
     text, _ = compare_table.table(compare_table.runs(root))
     assert ("against plain recovery of the same models (seeds 0): in domain 58.00 -> 53.00, out of domain "
             "127.00 -> 112.00 (better out of domain on 1 of 1 seeds)") in text
+    assert "| 0 | 58.00 | 53.00 | 127.00 | 112.00 |" in text  # and seed by seed (seed 1 has no distilled run)
+    assert "| 1 | 59.00 |" not in text
     # the distilled row does not compete with the search rows, and the winners are flagged as unequal-seed means
     assert "best recovered `evolution-kl`" in text and "(means over unequal sets of seeds" not in text
 
