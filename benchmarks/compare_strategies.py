@@ -179,9 +179,6 @@ class Bench:
         if not (out / "eval" / "recovered" / "results.json").is_file():
             t = self.tracenas(["run", "--out", str(out), "--stages", stages, *flags, *self.common()], log)
             rec.setdefault("run_s", round(t, 1))
-        # the recovered model is saved and evaluated: its resume checkpoints (weights + optimizer state, about 12x the
-        # model in bytes) would only fill the disk over dozens of rows
-        shutil.rmtree(out / "recover" / "checkpoints", ignore_errors=True)
         for model, name in ((out / "model", "pruned-ood"), (out / "recover" / "model", "recovered-ood")):
             res = out / "eval" / name / "results.json"
             if not res.is_file():

@@ -98,6 +98,13 @@ class Recovery:
         from tracenas.models.loading import load_model, resolve_source
 
         cfg = self.cfg
+        self.checkpoints = _checkpoint_dirs(self.out)
+        if not self.checkpoints and is_done(self.out):  # its checkpoints were deleted once the model was saved
+            raise TracenasError(f"{self.out} already holds a finished recovery (recover.json, model/): nothing to "
+                                "resume; choose another --out, or delete it to train again")
+        if self.checkpoints and not cfg.resume:
+            raise TracenasError(f"{self.out} already holds checkpoints (up to step {self.checkpoints[-1][0]}): pass "
+                                "--resume to continue, or choose another --out")
         if self.model is None:
             self.source = resolve_source(cfg.model)  # clear error for a missing directory before anything heavy
             self.model, loaded_tok, self.source = load_model(cfg.model, dtype=torch.float32, device="cpu")
@@ -109,13 +116,6 @@ class Recovery:
             raise TracenasError("recover() needs a tokenizer with an in-memory model")
         if any(p.dtype != torch.float32 for p in self.model.parameters()):
             self.model.float()  # float32 master weights; the compute dtype comes from autocast
-        self.checkpoints = _checkpoint_dirs(self.out)
-        if not self.checkpoints and is_done(self.out):  # its checkpoints were deleted once the model was saved
-            raise TracenasError(f"{self.out} already holds a finished recovery (recover.json, model/): nothing to "
-                                "resume; choose another --out, or delete it to train again")
-        if self.checkpoints and not cfg.resume:
-            raise TracenasError(f"{self.out} already holds checkpoints (up to step {self.checkpoints[-1][0]}): pass "
-                                "--resume to continue, or choose another --out")
 
     def setup_data(self) -> None:
         cfg = self.cfg
