@@ -66,7 +66,7 @@ def dense(root: Path) -> dict | None:
     tasks = res["in-domain"].get("tasks") or {}
     task = next(iter(tasks.values()), None)
     model = res["in-domain"]["model"]
-    return {"model": model_label(model["model_type"], model["params"]), "params": model["params"],
+    return {"kind": "dense", "model": model_label(model["model_type"], model["params"]), "params": model["params"],
             "ppl": res["in-domain"]["perplexity"]["ppl"], "ppl_ood": res["ood"]["perplexity"]["ppl"],
             "task": task.get("acc") if isinstance(task, dict) else None}
 
@@ -85,14 +85,15 @@ def load_records(path: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in recs if r.get("kind") != "dense"], [r for r in recs if r.get("kind") == "dense"]
 
 
+def keyed(records) -> dict[tuple, dict]:
+    """One record per measurement: a later record of the same run replaces an earlier one."""
+    return {record_key(r): r for r in records}
+
+
 def save_records(path: Path, all_runs: list[dict], dense_models: list[dict]) -> int:
     """Merge these runs and dense models into the records file `path` (atomically); returns how many it holds."""
-    merged: dict[tuple, dict] = {}
-    if path.is_file():
-        old_runs, old_dense = load_records(path)
-        merged = {record_key(r): r for r in [*old_dense, *old_runs]}
-    for r in [*({"kind": "dense"} | d for d in dense_models), *({"kind": "run"} | r for r in all_runs)]:
-        merged[record_key(r)] = r
+    old = [r for part in load_records(path) for r in part] if path.is_file() else []
+    merged = keyed([*old, *dense_models, *({"kind": "run"} | r for r in all_runs)])
     lines = [json.dumps(merged[k], sort_keys=True) for k in sorted(merged, key=lambda k: json.dumps(k))]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -238,10 +239,7 @@ def main() -> None:
                     help="also put the table into these markdown files, between <!-- MARKER --> and <!-- /MARKER -->")
     ap.add_argument("--marker", default="cpu-table", help="the block that --update replaces (default: cpu-table)")
     args = ap.parse_args()
-    found: dict[tuple, dict] = {}  # one record per measurement: a later source's figures replace an earlier one's
-    for source in args.sources:
-        r, d = load(source)
-        found |= {record_key({"kind": "dense"} | x): x for x in d} | {record_key(x): x for x in r}
+    found = keyed(rec for source in args.sources for part in load(source) for rec in part)  # later sources win
     all_runs = [r for k, r in found.items() if k[0] == "run"]
     dense_models = [d for k, d in found.items() if k[0] == "dense"]
     if args.save:
