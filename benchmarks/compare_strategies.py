@@ -143,8 +143,13 @@ class Bench:
         flags = ["--budget", budget, "--seed", str(seed), "--preset", "quick", "--eval-base", "false"]
         if not self.args.no_tasks:
             flags += ["--tasks", f"local:{self.root / 'tasks' / (TASK + '.jsonl')}"]
-        if "base" in spec:  # the base row's searched architecture, exported another way
-            base = self.run_dir(budget, seed, spec["base"])
+        base = self.run_dir(budget, seed, spec["base"]) if "base" in spec else None
+        if base is not None and spec["base"] not in self.args.rows and not (base / "search" / "summary.json").is_file():
+            # the base row is neither queued nor searched in this root: search here, as the base row would (same
+            # strategy, proxy and seed: the same architecture), rather than wait on a recovery this row never uses
+            spec = {**ROWS[spec["base"]], **{k: v for k, v in spec.items() if k != "base"}}
+            base = None
+        if base is not None:  # the base row's searched architecture, exported another way
             same_export = spec.get("reconstruct") == ROWS[spec["base"]].get("reconstruct")
             while not (base / "search" / "summary.json").is_file() or (
                     same_export and not (base / "model" / "config.json").is_file()):

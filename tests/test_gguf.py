@@ -320,13 +320,21 @@ def test_llamacpp_default_model(smollm, uniform, tmp_path):
 @pytest.mark.slow
 @needs_llamacpp
 def test_llamacpp_default_model_q8_0_base(smollm, tmp_path):
-    """The unpruned default model as q8_0 GGUF: the same 32 greedy tokens as transformers in float32."""
+    """The unpruned default model as q8_0 GGUF, teacher-forced over transformers' float32 32-token continuation of
+    "The capital of France is": the same next token at every position but near-ties.
+
+    Free-running greedy text is not asserted (docs/gguf.md: it parts for good at the first near-tie, and where that
+    falls moves with any change of kernels): this prompt gave 32 of 32 against transformers 5.17/5.18 and parts at
+    token 19 against 5.24, with the same pinned llama.cpp build and 0 teacher-forced misses."""
     model, tok, source_gguf = smollm
     ids = tok("The capital of France is").input_ids
-    _, ref_greedy = hf_reference(model, ids, 32)
     q8 = write_gguf(model, tmp_path / "q8.gguf", qtype="q8_0", source_gguf=source_gguf)
+    cont, misses = teacher_forced_misses(model, q8, ids, 32)
     (greedy,) = llamacpp.run_tasks(q8, tasks=[{"op": "greedy", "tokens": ids, "n": 32}])
-    assert greedy["tokens"] == ref_greedy
+    print(f"unpruned q8_0: teacher-forced misses (position, float top-2 margin) {misses}; free-running greedy: "
+          f"first {agreeing_prefix(greedy['tokens'], cont)} of 32 tokens equal to the float model's")
+    assert greedy["tokens"][0] == cont[0]
+    assert len(misses) <= 2 and all(margin < 0.25 for _, margin in misses), misses
 
 
 def test_run_gguf_option_writes_and_resumes(bpe_run, tmp_path):
