@@ -324,8 +324,8 @@ def test_llamacpp_default_model_q8_0_base(smollm, tmp_path):
     "The capital of France is": the same next token at every position but near-ties.
 
     Free-running greedy text is not asserted (docs/gguf.md: it parts for good at the first near-tie, and where that
-    falls moves with any change of kernels): this prompt gave 32 of 32 against transformers 5.17/5.18 and parts at
-    token 19 against 5.24, with the same pinned llama.cpp build and 0 teacher-forced misses."""
+    falls moves with any change of kernels): this prompt gave 32 of 32 in earlier sessions and parts at token 19
+    with transformers 5.24.0 (here and in CI, the same pinned llama.cpp build), with 0 teacher-forced misses."""
     model, tok, source_gguf = smollm
     ids = tok("The capital of France is").input_ids
     q8 = write_gguf(model, tmp_path / "q8.gguf", qtype="q8_0", source_gguf=source_gguf)
