@@ -221,28 +221,37 @@ def _zero(saved: list[_Saved], param: torch.Tensor, dim: int, index: torch.Tenso
 
 
 @contextmanager
-def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelection]) -> Iterator[None]:
-    """Apply a selection in place; weights are restored bit-exactly on exit (also on error)."""
-    s = adapter.shape()
+def skipping_dropped(adapter: ModelAdapter, selection: list[LayerSelection]) -> Iterator[None]:
+    """The blocks `selection` drops replaced by `SkipLayer`s for the duration; put back on exit (also on error)."""
     layers = adapter.layers()
-    saved: list[_Saved] = []
     originals: dict[int, nn.Module] = {}
     try:
         for i, sel in enumerate(selection):
-            layer = layers[i]
             if not sel.keep:
-                originals[i] = layer
-                layers[i] = SkipLayer(layer)
-                continue
-            for name, kept in kept_indices(s, sel).items():
-                for param, dim, index in removed_entries(projection(adapter, layer, name), kept):
-                    _zero(saved, param, dim, index)
+                originals[i] = layers[i]
+                layers[i] = SkipLayer(layers[i])
         yield
     finally:
-        for rec in reversed(saved):
-            rec.param.data.index_copy_(rec.dim, rec.index, rec.values)
         for i, layer in originals.items():
             layers[i] = layer
+
+
+@contextmanager
+def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelection]) -> Iterator[None]:
+    """Apply a selection in place; weights are restored bit-exactly on exit (also on error)."""
+    s = adapter.shape()
+    saved: list[_Saved] = []
+    with skipping_dropped(adapter, selection):
+        try:
+            for layer, sel in zip(adapter.layers(), selection):
+                if sel.keep:
+                    for name, kept in kept_indices(s, sel).items():
+                        for param, dim, index in removed_entries(projection(adapter, layer, name), kept):
+                            _zero(saved, param, dim, index)
+            yield
+        finally:
+            for rec in reversed(saved):
+                rec.param.data.index_copy_(rec.dim, rec.index, rec.values)
 
 
 def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:

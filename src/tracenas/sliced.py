@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tracenas.masking import Kept, LayerSelection, SkipLayer, kept_indices
+from tracenas.masking import Kept, LayerSelection, kept_indices, skipping_dropped
 from tracenas.models.adapter import ModelAdapter, ModelShape
 
 def can_slice(shape: ModelShape, selection: list[LayerSelection]) -> bool:
@@ -97,37 +97,31 @@ def sliced(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelecti
     s = shape or adapter.shape()
     if not can_slice(s, selection):
         raise ValueError("sliced(): a kept block with no head or no channel; use masking.masked for it")
-    layers = adapter.layers()
     view = SlicedView()
-    skipped: dict[int, nn.Module] = {}
     restore: list[tuple[nn.Module, dict[str, nn.Linear], dict, dict]] = []
-    try:
-        for i, sel in enumerate(selection):
-            layer = layers[i]
-            if not sel.keep:
-                skipped[i] = layer
-                layers[i] = SkipLayer(layer)
-                continue
-            attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-            originals = adapter.projections(layer)
-            restore.append((layer, originals, _scalars(attn), _scalars(mlp)))
-            for name, (rows, cols) in kept_indices(s, sel).items():
-                new = take(originals[name], rows, cols)
-                adapter.replace_projection(layer, name, new)
-                view.kept[(i, name)] = (rows, cols)
-                view.modules[(i, name)] = new
-            adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
-            adapter.set_mlp_width(layer, len(sel.channels))
-        yield view
-    finally:
-        for layer, originals, attn_attrs, mlp_attrs in reversed(restore):
-            for name, lin in originals.items():
-                adapter.replace_projection(layer, name, lin)
-            for module, attrs in ((adapter.attention(layer), attn_attrs), (adapter.mlp(layer), mlp_attrs)):
-                for k, v in attrs.items():
-                    setattr(module, k, v)
-        for i, layer in skipped.items():
-            layers[i] = layer
+    with skipping_dropped(adapter, selection):
+        try:
+            for i, (layer, sel) in enumerate(zip(adapter.layers(), selection)):
+                if not sel.keep:
+                    continue
+                attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+                originals = adapter.projections(layer)
+                restore.append((layer, originals, _scalars(attn), _scalars(mlp)))
+                for name, (rows, cols) in kept_indices(s, sel).items():
+                    new = take(originals[name], rows, cols)
+                    adapter.replace_projection(layer, name, new)
+                    view.kept[(i, name)] = (rows, cols)
+                    view.modules[(i, name)] = new
+                adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
+                adapter.set_mlp_width(layer, len(sel.channels))
+            yield view
+        finally:
+            for layer, originals, attn_attrs, mlp_attrs in reversed(restore):
+                for name, lin in originals.items():
+                    adapter.replace_projection(layer, name, lin)
+                for module, attrs in ((adapter.attention(layer), attn_attrs), (adapter.mlp(layer), mlp_attrs)):
+                    for k, v in attrs.items():
+                        setattr(module, k, v)
 
 
 __all__ = ["SlicedView", "can_slice", "compile_blocks", "sliced", "take"]
