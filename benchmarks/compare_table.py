@@ -28,6 +28,7 @@ import math
 import os
 import statistics
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -85,7 +86,7 @@ def load_records(path: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in recs if r.get("kind") != "dense"], [r for r in recs if r.get("kind") == "dense"]
 
 
-def keyed(records) -> dict[tuple, dict]:
+def keyed(records: Iterable[dict]) -> dict[tuple, dict]:
     """One record per measurement: a later record of the same run replaces an earlier one."""
     return {record_key(r): r for r in records}
 

@@ -7,7 +7,7 @@ default model) is written as a q8_0 and a bf16 GGUF with the default model's tok
 
 * free-running: the agreeing prefix of the 32-token greedy continuations, float32 transformers vs the q8_0 GGUF,
   vs the bf16 GGUF, and vs transformers itself with its weights in bf16 (what any 8-bit-mantissa rounding does);
-* teacher-forced (`tracenas.gguf_verify.teacher_forced_misses`): at how many of the 32 positions of the float32
+* teacher-forced (as `tracenas.gguf_verify.teacher_forced_misses`): at how many of the 32 positions of the float32
   continuation the q8_0 GGUF picks the same next token, and the float model's top-2 logit margin where it does not.
 """
 
@@ -22,7 +22,7 @@ import torch
 
 from tracenas import llamacpp
 from tracenas.gguf_export import write_gguf
-from tracenas.gguf_verify import agreeing_prefix, float_greedy, teacher_forced_misses
+from tracenas.gguf_verify import agreeing_prefix, float_greedy, float_greedy_margins, forced_misses, forced_tasks
 from tracenas.models.loading import default_gguf_path, load_model, load_tokenizer, resolve_source
 from tracenas.models.pruned import load_pruned
 
@@ -31,17 +31,21 @@ TOKENS = 32
 
 
 def check(name: str, model, tok, tmp: Path) -> list[dict]:
+    """Both GGUFs of `model`, each loaded in llama.cpp once for every question about every prompt."""
     q8 = write_gguf(model, tmp / "q8.gguf", qtype="q8_0", source_gguf=default_gguf_path())
     bf = write_gguf(model, tmp / "bf16.gguf", qtype="bf16", source_gguf=default_gguf_path())
     hf_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    prompts = [tok(p).input_ids for p in PROMPTS]
+    refs = [float_greedy_margins(model, ids, TOKENS) for ids in prompts]
+    greedy = [{"op": "greedy", "tokens": ids, "n": TOKENS} for ids in prompts]
+    forced = [task for ids, (cont, _) in zip(prompts, refs) for task in forced_tasks(ids, cont)]
+    q8_answers = llamacpp.run_tasks(q8, greedy + forced)
+    bf_answers = llamacpp.run_tasks(bf, greedy)
     rows = []
-    for prompt in PROMPTS:
-        ids = tok(prompt).input_ids
-        ref, misses = teacher_forced_misses(model, q8, ids, TOKENS)
-        q8_free, bf_free = (llamacpp.run_tasks(g, [{"op": "greedy", "tokens": ids, "n": TOKENS}])[0]["tokens"]
-                            for g in (q8, bf))
-        row = dict(model=name, prompt=prompt, q8_free=agreeing_prefix(q8_free, ref),
-                   bf16_gguf_free=agreeing_prefix(bf_free, ref),
+    for i, (prompt, ids, (ref, margins)) in enumerate(zip(PROMPTS, prompts, refs)):
+        misses = forced_misses(ref, margins, q8_answers[len(greedy) + i * TOKENS:][:TOKENS])
+        row = dict(model=name, prompt=prompt, q8_free=agreeing_prefix(q8_answers[i]["tokens"], ref),
+                   bf16_gguf_free=agreeing_prefix(bf_answers[i]["tokens"], ref),
                    hf_bf16_free=agreeing_prefix(float_greedy(hf_bf16, ids, TOKENS), ref),
                    q8_forced=TOKENS - len(misses), miss_margins=[round(m, 3) for _, m in misses])
         rows.append(row)

@@ -127,7 +127,7 @@ LAYERS = [
     ("proxies", ("proxy", "zero_cost")),
     ("strategies", ("search.strategy", "search.operators", "search.evolution", "search.strategies", "search.state",
                     "search.config", "search.darwinlm", "search")),
-    ("stages", ("search.runner", "search.plan", "search.darwinlm_eval", "search.darwinlm_recipe", "search.rank_split",
+    ("stages", ("search.runner", "search.plan", "search.darwinlm_eval", "search.darwinlm_recipe",
                 "search.tyr_recipe", "search.depth_recipe",
                 "export", "gguf_export", "gguf_tokenizer", "gguf_verify", "recover", "evaluate", "bench",
                 "validate", "report")),

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.masking import compute_importance, masked, select
+from tracenas.masking import compute_importance, kept_indices, masked, select
 from tracenas.models import get_adapter
 from tracenas.proxy import Scorer, TraceProbes, causal_lm_loss
-from tracenas.sliced import kept_indices, sliced
+from tracenas.sliced import sliced
 
 from conftest import make_tiny
 

@@ -13,7 +13,7 @@ parameters: sliced scoring costs what a candidate keeps). With one process nothi
 results are yielded one by one as they are computed (a search saves its state after every candidate).
 
 Backends: `cpu:gloo,cuda:nccl` when CUDA is available (object collectives go over gloo, which is all the
-search needs; NCCL is there for tensor collectives), `gloo` otherwise. Across nodes torchrun's
+search needs; NCCL is there for tensor collectives), `gloo` otherwise; `TRACENAS_DIST_BACKEND` overrides both. Across nodes torchrun's
 rendezvous does the rest (docs/scale.md).
 """
 
@@ -100,7 +100,8 @@ class Dist:
 
 
 def default_backend() -> str:
-    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    """`TRACENAS_DIST_BACKEND` if set (e.g. `gloo` to keep NCCL out of a GPU job), else the module docstring's."""
+    return os.environ.get("TRACENAS_DIST_BACKEND") or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
 
 
 def init_dist(backend: str | None = None, timeout_hours: float = 24.0) -> Dist:

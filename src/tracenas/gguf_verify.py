@@ -1,6 +1,10 @@
 """Does a GGUF decode like the checkpoint it was written from? Greedy agreement with transformers, two ways.
 
     cont, misses = teacher_forced_misses(model, "model.gguf", ids, 32)
+    # or, with more questions for the same file in one llama.cpp load:
+    cont, margins = float_greedy_margins(model, ids, 32)
+    answers = llamacpp.run_tasks("model.gguf", forced_tasks(ids, cont) + more_tasks)
+    misses = forced_misses(cont, margins, answers)
 
 Free-running greedy decoding (`float_greedy` vs llama.cpp's `greedy`) compounds: once one step picks the other of
 two near-tied tokens, every later step has another context and the two continuations part for good. A quantized
@@ -22,7 +26,7 @@ from tracenas import llamacpp
 
 
 @torch.no_grad()
-def _greedy(model: nn.Module, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+def float_greedy_margins(model: nn.Module, ids: list[int], n: int) -> tuple[list[int], list[float]]:
     """`n` greedy tokens (full forward each step, no cache) and the top-2 logit margin of each step's choice."""
     x, margins = torch.tensor([ids]), []
     for _ in range(n):
@@ -35,7 +39,7 @@ def _greedy(model: nn.Module, ids: list[int], n: int) -> tuple[list[int], list[f
 
 def float_greedy(model: nn.Module, ids: list[int], n: int) -> list[int]:
     """`n` greedy tokens from `model` (full forward each step, no cache), in the model's own dtype."""
-    return _greedy(model, ids, n)[0]
+    return float_greedy_margins(model, ids, n)[0]
 
 
 def agreeing_prefix(a: list[int], b: list[int]) -> int:
@@ -43,14 +47,23 @@ def agreeing_prefix(a: list[int], b: list[int]) -> int:
     return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def forced_tasks(ids: list[int], cont: list[int]) -> list[dict]:
+    """llama.cpp tasks (`run_tasks`) asking for the next-token logits after `ids` + each prefix of `cont`."""
+    return [{"op": "logits", "tokens": (ids + cont)[:len(ids) + k]} for k in range(len(cont))]
+
+
+def forced_misses(cont: list[int], margins: list[float], answers: list[dict]) -> list[tuple[int, float]]:
+    """(position, float top-2 margin) wherever the answers to `forced_tasks` pick another token than `cont`."""
+    return [(k, margins[k]) for k in range(len(cont)) if int(np.argmax(answers[k]["logits"])) != cont[k]]
+
+
 def teacher_forced_misses(model: nn.Module, gguf: str | os.PathLike, ids: list[int], n: int, *,
                           threads: int = 1) -> tuple[list[int], list[tuple[int, float]]]:
     """The float model's `n`-token greedy continuation of `ids`, and (position, float top-2 logit margin) for each
     position where llama.cpp, given the same prompt + continuation so far, picks another next token."""
-    cont, margins = _greedy(model, ids, n)
-    answers = llamacpp.run_tasks(gguf, [{"op": "logits", "tokens": (ids + cont)[:len(ids) + k]} for k in range(n)],
-                                 threads=threads)
-    return cont, [(k, margins[k]) for k in range(n) if int(np.argmax(answers[k]["logits"])) != cont[k]]
+    cont, margins = float_greedy_margins(model, ids, n)
+    return cont, forced_misses(cont, margins, llamacpp.run_tasks(gguf, forced_tasks(ids, cont), threads=threads))
 
 
-__all__ = ["agreeing_prefix", "float_greedy", "teacher_forced_misses"]
+__all__ = ["agreeing_prefix", "float_greedy", "float_greedy_margins", "forced_misses", "forced_tasks",
+           "teacher_forced_misses"]

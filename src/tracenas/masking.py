@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.models.adapter import ModelAdapter, ModelShape
+from tracenas.models.adapter import ATTN_PROJ, MLP_PROJ, ModelAdapter, ModelShape
 
 
 @dataclass
@@ -137,8 +137,62 @@ def complement(kept: Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
 
 
 def head_rows(heads, head_dim: int) -> torch.Tensor:
+    """The q (or k/v) output rows of `heads`: `head_dim` consecutive rows per head, in the heads' order."""
     idx = torch.tensor(list(heads), dtype=torch.long)
     return (idx[:, None] * head_dim + torch.arange(head_dim)[None, :]).flatten()
+
+
+# --- the removal rule, in one place -----------------------------------------------------------------------
+# (kept output rows, kept input columns) of one projection; None = all of them
+Kept = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+def attention_kept(shape: ModelShape, heads: Sequence[int], kv_heads: Sequence[int]) -> dict[str, Kept]:
+    """What each attention projection keeps: q rows and o columns of the kept query heads; under MHA the
+    k/v rows of `kv_heads` (under GQA K/V stay whole and `kv_heads` is not read)."""
+    out: dict[str, Kept] = {name: (None, None) for name in ATTN_PROJ}
+    if len(heads) < shape.num_heads:
+        q = head_rows(heads, shape.head_dim)
+        out["q_proj"], out["o_proj"] = (q, None), (None, q)
+    if not shape.is_gqa and len(kv_heads) < shape.num_kv_heads:
+        kv = head_rows(kv_heads, shape.head_dim)
+        out["k_proj"], out["v_proj"] = (kv, None), (kv, None)
+    return out
+
+
+def mlp_kept(shape: ModelShape, channels: Sequence[int]) -> dict[str, Kept]:
+    """What each MLP projection keeps: gate/up rows and down columns of the kept channels."""
+    out: dict[str, Kept] = {name: (None, None) for name in MLP_PROJ}
+    if len(channels) < shape.intermediate_size:
+        ch = torch.tensor(list(channels), dtype=torch.long)
+        out["gate_proj"], out["up_proj"], out["down_proj"] = (ch, None), (ch, None), (None, ch)
+    return out
+
+
+def kept_indices(shape: ModelShape, sel: LayerSelection) -> dict[str, Kept]:
+    """The rows and columns each of a kept block's seven projections keeps under `sel` (None: all)."""
+    return {**attention_kept(shape, sel.heads, sel.kv_heads), **mlp_kept(shape, sel.channels)}
+
+
+def removed_entries(lin: nn.Linear, kept: Kept) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+    """`(parameter, dim, indices)` of everything `kept` removes from `lin`: the rows not kept (weight and
+    bias), the columns not kept, and the whole bias when no column is kept (the sub-block is gone, so is
+    its output bias). Empty index sets and absent biases are left out."""
+    rows, cols = kept
+    out: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
+    if rows is not None:
+        gone = complement(rows, lin.out_features)
+        out += [(lin.weight, 0, gone), (lin.bias, 0, gone)]
+    if cols is not None:
+        out.append((lin.weight, 1, complement(cols, lin.in_features)))
+        if len(cols) == 0:
+            out.append((lin.bias, 0, torch.arange(lin.out_features)))
+    return [(p, dim, idx) for p, dim, idx in out if p is not None and idx.numel()]
+
+
+def projection(adapter: ModelAdapter, layer: nn.Module, name: str) -> nn.Linear:
+    """One of a block's seven projections by name (`ATTN_PROJ` + `MLP_PROJ`)."""
+    return adapter.attn_proj(layer, name) if name in ATTN_PROJ else adapter.mlp_proj(layer, name)
 
 
 class SkipLayer(nn.Module):
@@ -160,58 +214,44 @@ class _Saved:
     values: torch.Tensor
 
 
-def _zero(saved: list[_Saved], param: torch.Tensor | None, dim: int, index: torch.Tensor) -> None:
-    if param is None or index.numel() == 0:
-        return
+def _zero(saved: list[_Saved], param: torch.Tensor, dim: int, index: torch.Tensor) -> None:
     index = index.to(param.device)
     saved.append(_Saved(param, dim, index, param.data.index_select(dim, index).clone()))
     param.data.index_fill_(dim, index, 0)
 
 
 @contextmanager
-def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelection]) -> Iterator[None]:
-    """Apply a selection in place; weights are restored bit-exactly on exit (also on error)."""
-    s = adapter.shape()
+def skipping_dropped(adapter: ModelAdapter, selection: list[LayerSelection]) -> Iterator[None]:
+    """The blocks `selection` drops replaced by `SkipLayer`s for the duration; put back on exit (also on error)."""
     layers = adapter.layers()
-    saved: list[_Saved] = []
     originals: dict[int, nn.Module] = {}
     try:
         for i, sel in enumerate(selection):
-            layer = layers[i]
             if not sel.keep:
-                originals[i] = layer
-                layers[i] = SkipLayer(layer)
-                continue
-            gone_heads = complement(sel.heads, s.num_heads)
-            if gone_heads.numel():
-                rows = head_rows(gone_heads.tolist(), s.head_dim)
-                q, o = adapter.attn_proj(layer, "q_proj"), adapter.attn_proj(layer, "o_proj")
-                _zero(saved, o.weight, 1, rows)
-                if not sel.heads:  # attention removed: its output bias goes too
-                    _zero(saved, o.bias, 0, torch.arange(o.out_features))
-                _zero(saved, q.weight, 0, rows)
-                _zero(saved, q.bias, 0, rows)
-                if not s.is_gqa:
-                    for name in ("k_proj", "v_proj"):
-                        lin = adapter.attn_proj(layer, name)
-                        _zero(saved, lin.weight, 0, rows)
-                        _zero(saved, lin.bias, 0, rows)
-            gone_ch = complement(sel.channels, s.intermediate_size)
-            if gone_ch.numel():
-                for name in ("gate_proj", "up_proj"):
-                    lin = adapter.mlp_proj(layer, name)
-                    _zero(saved, lin.weight, 0, gone_ch)
-                    _zero(saved, lin.bias, 0, gone_ch)
-                down = adapter.mlp_proj(layer, "down_proj")
-                _zero(saved, down.weight, 1, gone_ch)
-                if not sel.channels:  # MLP removed: its output bias goes too
-                    _zero(saved, down.bias, 0, torch.arange(down.out_features))
+                originals[i] = layers[i]
+                layers[i] = SkipLayer(layers[i])
         yield
     finally:
-        for rec in reversed(saved):
-            rec.param.data.index_copy_(rec.dim, rec.index, rec.values)
         for i, layer in originals.items():
             layers[i] = layer
+
+
+@contextmanager
+def masked(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelection]) -> Iterator[None]:
+    """Apply a selection in place; weights are restored bit-exactly on exit (also on error)."""
+    s = adapter.shape()
+    saved: list[_Saved] = []
+    with skipping_dropped(adapter, selection):
+        try:
+            for layer, sel in zip(adapter.layers(), selection):
+                if sel.keep:
+                    for name, kept in kept_indices(s, sel).items():
+                        for param, dim, index in removed_entries(projection(adapter, layer, name), kept):
+                            _zero(saved, param, dim, index)
+            yield
+        finally:
+            for rec in reversed(saved):
+                rec.param.data.index_copy_(rec.dim, rec.index, rec.values)
 
 
 def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -238,26 +278,18 @@ def slice_layer_(adapter: ModelAdapter, layer: nn.Module, sel: LayerSelection, s
     already has sliced blocks.
     """
     s = shape or adapter.shape()
-    proj = adapter.projections(layer)
     if not sel.heads:
         adapter.remove_attention(layer)
-    else:
-        q_rows = head_rows(sel.heads, s.head_dim)
-        adapter.replace_projection(layer, "q_proj", _slice_linear(proj["q_proj"], rows=q_rows))
-        adapter.replace_projection(layer, "o_proj", _slice_linear(proj["o_proj"], cols=q_rows))
-        if not s.is_gqa:
-            kv_rows = head_rows(sel.kv_heads, s.head_dim)
-            adapter.replace_projection(layer, "k_proj", _slice_linear(proj["k_proj"], rows=kv_rows))
-            adapter.replace_projection(layer, "v_proj", _slice_linear(proj["v_proj"], rows=kv_rows))
-        adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
     if not sel.channels:
         adapter.remove_mlp(layer)
-        return
-    ch = torch.tensor(sel.channels, dtype=torch.long)
-    adapter.replace_projection(layer, "gate_proj", _slice_linear(proj["gate_proj"], rows=ch))
-    adapter.replace_projection(layer, "up_proj", _slice_linear(proj["up_proj"], rows=ch))
-    adapter.replace_projection(layer, "down_proj", _slice_linear(proj["down_proj"], cols=ch))
-    adapter.set_mlp_width(layer, len(sel.channels))
+    proj = adapter.projections(layer)  # the sub-blocks still there
+    for name, (rows, cols) in kept_indices(s, sel).items():
+        if name in proj and (rows is not None or cols is not None):
+            adapter.replace_projection(layer, name, _slice_linear(proj[name], rows=rows, cols=cols))
+    if sel.heads:
+        adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
+    if sel.channels:
+        adapter.set_mlp_width(layer, len(sel.channels))
 
 
 def pruned_config_fields(selection: list[LayerSelection]) -> dict:

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from tracenas.errors import TracenasError
-from tracenas.masking import LayerSelection, complement, head_rows
+from tracenas.masking import Kept, LayerSelection, attention_kept, head_rows, mlp_kept, removed_entries
 from tracenas.models.adapter import ModelAdapter, ModelShape
 
 log = logging.getLogger(__name__)
@@ -333,45 +333,37 @@ def consumer_input(adapter: ModelAdapter, layer: nn.Module, name: str, hidden: t
 
 
 # --- in-place edits of one block --------------------------------------------------------------------------
+def _remove_(lin: nn.Linear, kept: Kept) -> None:
+    """Zero, for good, what `kept` removes from `lin` (the rule of `masking.removed_entries`)."""
+    for param, dim, index in removed_entries(lin, kept):
+        param.data.index_fill_(dim, index.to(param.device), 0)
+
+
 def _set_columns(lin: nn.Linear, kept: torch.Tensor, values: torch.Tensor | None) -> None:
     """Columns `kept` := `values` (unchanged if None); every other column := 0; bias zeroed if nothing kept."""
-    w = lin.weight.data
-    new = torch.zeros_like(w)
-    if len(kept):
-        src = w[:, kept.to(w.device)] if values is None else values.to(w.device, w.dtype)
-        new[:, kept.to(w.device)] = src
-    elif lin.bias is not None:
-        lin.bias.data.zero_()
-    w.copy_(new)
-
-
-def _zero_rows(lin: nn.Linear, gone: torch.Tensor) -> None:
-    if len(gone):
-        lin.weight.data[gone.to(lin.weight.device)] = 0
-        if lin.bias is not None:
-            lin.bias.data[gone.to(lin.bias.device)] = 0
+    _remove_(lin, (None, kept))
+    if values is not None and len(kept):
+        w = lin.weight.data
+        w[:, kept.to(w.device)] = values.to(w.device, w.dtype)
 
 
 def prune_attention_(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, heads: tuple[int, ...],
                      o_cols: torch.Tensor | None) -> None:
-    """Mask a block's attention to `heads` in place; `o_cols` (kept `o_proj` columns) replaces the kept ones."""
-    kept = head_rows(heads, shape.head_dim) if heads else torch.zeros(0, dtype=torch.long)
-    gone = complement(kept, shape.num_heads * shape.head_dim)
-    _zero_rows(adapter.attn_proj(layer, "q_proj"), gone)
-    if not shape.is_gqa:
-        for name in ("k_proj", "v_proj"):
-            _zero_rows(adapter.attn_proj(layer, name), gone)
-    _set_columns(adapter.attn_proj(layer, "o_proj"), kept, o_cols)
+    """Mask a block's attention to `heads` in place (under MHA their k/v heads too); `o_cols` (kept `o_proj`
+    columns) replaces the kept ones."""
+    for name, kept in attention_kept(shape, heads, heads).items():
+        _remove_(adapter.attn_proj(layer, name), kept)
+    if o_cols is not None:
+        _set_columns(adapter.attn_proj(layer, "o_proj"), head_rows(heads, shape.head_dim), o_cols)
 
 
 def prune_mlp_(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, channels: tuple[int, ...],
                down_cols: torch.Tensor | None) -> None:
     """Mask a block's MLP to `channels` in place; `down_cols` replaces the kept `down_proj` columns."""
-    kept = torch.tensor(channels, dtype=torch.long)
-    gone = complement(kept, shape.intermediate_size)
-    for name in ("gate_proj", "up_proj"):
-        _zero_rows(adapter.mlp_proj(layer, name), gone)
-    _set_columns(adapter.mlp_proj(layer, "down_proj"), kept, down_cols)
+    for name, kept in mlp_kept(shape, channels).items():
+        _remove_(adapter.mlp_proj(layer, name), kept)
+    if down_cols is not None:
+        _set_columns(adapter.mlp_proj(layer, "down_proj"), torch.tensor(channels, dtype=torch.long), down_cols)
 
 
 # --- the whole model -----------------------------------------------------------------------------------

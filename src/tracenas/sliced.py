@@ -15,7 +15,7 @@ in place, so hooks and wrappers on them (compiled blocks, device maps) keep work
 
 The sliced model computes the masked model's function exactly (tests/test_masking.py and
 tests/test_sliced.py compare logits, gradient traces and `kl`; the numbers agree to float rounding,
-since sums run over fewer terms). `kept_indices` is the map from a `LayerSelection` to the rows and
+since sums run over fewer terms). `masking.kept_indices` is the map from a `LayerSelection` to the rows and
 columns every projection keeps; `TraceProbes` uses it to slice its fixed `A` and to scatter the
 gradients of the kept rows back into the dense-shaped traces (pruned rows stay exactly zero).
 """
@@ -29,31 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tracenas.masking import LayerSelection, SkipLayer, head_rows
-from tracenas.models.adapter import ATTN_PROJ, ModelAdapter, ModelShape
-
-# (kept output rows, kept input columns) of one projection; None = all of them
-Kept = tuple[torch.Tensor | None, torch.Tensor | None]
-
-
-def kept_indices(shape: ModelShape, sel: LayerSelection) -> dict[str, Kept]:
-    """The rows and columns each of a kept block's seven projections keeps under `sel` (None: all).
-
-    Heads: q rows and o columns of the kept query heads; under MHA also the k/v rows of the kept heads
-    (under GQA K/V stay whole). Channels: gate/up rows and down columns of the kept channels.
-    """
-    out: dict[str, Kept] = {name: (None, None) for name in (*ATTN_PROJ, "gate_proj", "up_proj", "down_proj")}
-    if len(sel.heads) < shape.num_heads:
-        q = head_rows(sel.heads, shape.head_dim)
-        out["q_proj"], out["o_proj"] = (q, None), (None, q)
-    if not shape.is_gqa and len(sel.kv_heads) < shape.num_kv_heads:
-        kv = head_rows(sel.kv_heads, shape.head_dim)
-        out["k_proj"], out["v_proj"] = (kv, None), (kv, None)
-    if len(sel.channels) < shape.intermediate_size:
-        ch = torch.tensor(sel.channels, dtype=torch.long)
-        out["gate_proj"], out["up_proj"], out["down_proj"] = (ch, None), (ch, None), (None, ch)
-    return out
-
+from tracenas.masking import Kept, LayerSelection, kept_indices, skipping_dropped
+from tracenas.models.adapter import ModelAdapter, ModelShape
 
 def can_slice(shape: ModelShape, selection: list[LayerSelection]) -> bool:
     """Whether every kept block keeps at least one head and one channel (what `sliced` represents)."""
@@ -120,37 +97,31 @@ def sliced(model: nn.Module, adapter: ModelAdapter, selection: list[LayerSelecti
     s = shape or adapter.shape()
     if not can_slice(s, selection):
         raise ValueError("sliced(): a kept block with no head or no channel; use masking.masked for it")
-    layers = adapter.layers()
     view = SlicedView()
-    skipped: dict[int, nn.Module] = {}
     restore: list[tuple[nn.Module, dict[str, nn.Linear], dict, dict]] = []
-    try:
-        for i, sel in enumerate(selection):
-            layer = layers[i]
-            if not sel.keep:
-                skipped[i] = layer
-                layers[i] = SkipLayer(layer)
-                continue
-            attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-            originals = adapter.projections(layer)
-            restore.append((layer, originals, _scalars(attn), _scalars(mlp)))
-            for name, (rows, cols) in kept_indices(s, sel).items():
-                new = take(originals[name], rows, cols)
-                adapter.replace_projection(layer, name, new)
-                view.kept[(i, name)] = (rows, cols)
-                view.modules[(i, name)] = new
-            adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
-            adapter.set_mlp_width(layer, len(sel.channels))
-        yield view
-    finally:
-        for layer, originals, attn_attrs, mlp_attrs in reversed(restore):
-            for name, lin in originals.items():
-                adapter.replace_projection(layer, name, lin)
-            for module, attrs in ((adapter.attention(layer), attn_attrs), (adapter.mlp(layer), mlp_attrs)):
-                for k, v in attrs.items():
-                    setattr(module, k, v)
-        for i, layer in skipped.items():
-            layers[i] = layer
+    with skipping_dropped(adapter, selection):
+        try:
+            for i, (layer, sel) in enumerate(zip(adapter.layers(), selection)):
+                if not sel.keep:
+                    continue
+                attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+                originals = adapter.projections(layer)
+                restore.append((layer, originals, _scalars(attn), _scalars(mlp)))
+                for name, (rows, cols) in kept_indices(s, sel).items():
+                    new = take(originals[name], rows, cols)
+                    adapter.replace_projection(layer, name, new)
+                    view.kept[(i, name)] = (rows, cols)
+                    view.modules[(i, name)] = new
+                adapter.set_attention_heads(layer, len(sel.heads), len(sel.kv_heads))
+                adapter.set_mlp_width(layer, len(sel.channels))
+            yield view
+        finally:
+            for layer, originals, attn_attrs, mlp_attrs in reversed(restore):
+                for name, lin in originals.items():
+                    adapter.replace_projection(layer, name, lin)
+                for module, attrs in ((adapter.attention(layer), attn_attrs), (adapter.mlp(layer), mlp_attrs)):
+                    for k, v in attrs.items():
+                        setattr(module, k, v)
 
 
-__all__ = ["Kept", "SlicedView", "can_slice", "compile_blocks", "kept_indices", "sliced", "take"]
+__all__ = ["SlicedView", "can_slice", "compile_blocks", "sliced", "take"]

@@ -7,7 +7,7 @@ history.jsonl, search/state.json, arch.json, plots, summary):
   and a training pool of windows of the training split (twice the largest stage's fine-tuning tokens);
 * scoring: a sparsity-level database (`--database`, or built / resumed in OUT/database) and a
   `CandidateEvaluator` (sliced candidate, in-memory fine-tuning, KL to the dense model), split over ranks
-  under torchrun (`search.rank_split`);
+  under torchrun (`tracenas.distributed.map_ranks`);
 * outputs: every fitness evaluation is a history record with its generation, stage, role and tokens; the state
   is saved after every stage; arch.json records the levels, the database and the search cost, and its
   `selection` is the database's (kept heads / channels from its OBS order), which export applies together with
@@ -27,11 +27,11 @@ from pathlib import Path
 from tracenas.arch import ArchFile, Levels, format_count
 from tracenas.config import atomic_write_json, atomic_write_text
 from tracenas.database import DatabaseSpec, SparsityDatabase, build_database, model_checksum
+from tracenas.distributed import map_ranks
 from tracenas.errors import TracenasError
 from tracenas.masking import selection_to_list
 from tracenas.search.darwinlm import DarwinLMSearch, DarwinState, LevelSpace, StageTask
 from tracenas.search.darwinlm_eval import CandidateEvaluator
-from tracenas.search.rank_split import barrier, is_main, split_map, world
 from tracenas.search.runner import STATE, SearchRecipe, _f, _truncate_jsonl
 from tracenas.search.state import Candidate
 
@@ -48,7 +48,7 @@ class DarwinLMRecipe(SearchRecipe):
     """One darwinlm search run (the steps of `SearchRecipe`, three of them replaced)."""
 
     strategy: DarwinLMSearch
-    distributed = True  # under torchrun, offspring are split over ranks; ranks > 0 write into OUT/.ranks/rank-r
+    rank_dirs = True  # under torchrun, offspring are split over ranks; ranks > 0 write into OUT/.ranks/rank-r
 
     def _setup_data(self) -> None:
         from tracenas import data as data_mod
@@ -78,11 +78,11 @@ class DarwinLMRecipe(SearchRecipe):
 
     def _database(self) -> SparsityDatabase:
         """Rank 0 builds (or resumes) the database while the other ranks wait, then they open it."""
-        if not is_main():
-            barrier()
+        if not self.dist.is_main:
+            self.dist.barrier()
             return SparsityDatabase.open(self.db_path)
         db = self._main_database()
-        barrier()
+        self.dist.barrier()
         return db
 
     def _main_database(self) -> SparsityDatabase:
@@ -115,13 +115,13 @@ class DarwinLMRecipe(SearchRecipe):
         self.wall_before = 0.0
 
     def _evaluate(self, batch: list[Levels], task: StageTask) -> list[tuple[float, dict]]:
-        rank = world()[0]
+        rank = self.dist.rank
 
         def one(levels: Levels) -> tuple[float, dict]:
             fitness, info = self.evaluator.evaluate(levels, task)
             return fitness, info | {"rank": rank}
 
-        return split_map(one, batch)
+        return list(map_ranks(one, batch, self.dist))
 
     def resume(self) -> None:
         import dataclasses

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 STATE = "search/state.json"
 ANCHOR = "search/anchor.safetensors"
 HISTORY = "history.jsonl"
-RANKS = ".ranks"  # under torchrun, rank r > 0 of a distributed recipe writes its own copy of the run in OUT/.ranks/rank-r
+RANKS = ".ranks"  # under torchrun, rank r > 0 of a `rank_dirs` recipe writes its own copy of the run in OUT/.ranks/rank-r
 
 
 @dataclass
@@ -162,37 +162,25 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
 
     out = Path(cfg.out).expanduser()
     recipe_cls = recipe_class(cfg.strategy)
-    if getattr(recipe_cls, "distributed", False):  # under torchrun: ranks > 0 keep their files apart
-        from tracenas.search.rank_split import world
-
-        rank = world()[0]
-        if rank > 0:
-            out, progress = out / RANKS / f"rank-{rank}", False
-    resuming = cfg.resume
-    if getattr(recipe_cls, "distributed", False):
-        # a recipe with its own rank handling (darwinlm: search.rank_split); ranks > 0 write into OUT/.ranks
-        if resuming:
-            cfg = resume_config(cfg, out)
-        else:
-            cfg = cfg.resolved()
-            _prepare_out(cfg, out)
-        if model is None:
-            resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
-        data_mod.check_source(cfg.data)
-        with RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0):
-            recipe = recipe_cls(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer, source=source)
-            return recipe.run()
     dist = init_dist()
+    own_dirs = recipe_cls.rank_dirs and dist.world > 1
+    if own_dirs and not dist.is_main:  # this rank keeps a run directory of its own, apart from rank 0's
+        out, progress = out / RANKS / f"rank-{dist.rank}", False
+    resuming = cfg.resume
     try:
         if resuming:  # rank 0 reads the saved search; the other ranks get its resolved config
-            cfg = dist.run_on_main(lambda: resume_config(cfg, out))
+            cfg = resume_config(cfg, out) if own_dirs else dist.run_on_main(lambda: resume_config(cfg, out))
         else:
             cfg = cfg.resolved()
-            dist.run_on_main(lambda: _prepare_out(cfg, out))
+            if own_dirs:
+                _prepare_out(cfg, out)
+            else:
+                dist.run_on_main(lambda: _prepare_out(cfg, out))
         if model is None:
             resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
         data_mod.check_source(cfg.data)
-        guard = RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0) if dist.is_main else nullcontext()
+        writes = dist.is_main or own_dirs
+        guard = RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0) if writes else nullcontext()
         with guard:
             recipe = recipe_cls(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer,
                                 source=source, dist=dist)
@@ -219,10 +207,14 @@ class SearchRecipe:
     history.jsonl, timings and search/state.json) -> `finalize` (arch.json, summary, plots).
     """
 
+    # Under torchrun only rank 0 writes the run directory; a recipe with `rank_dirs` has every rank write one
+    # (rank r > 0 in OUT/.ranks/rank-r, which its own --resume reads).
+    rank_dirs = False
+
     def __init__(self, cfg: SearchConfig, out: Path, resuming: bool, *, progress: bool = True, model=None,
                  tokenizer=None, source=None, dist: Dist | None = None) -> None:
         self.dist = dist or Dist()
-        self.main = self.dist.is_main  # only rank 0 writes the run directory
+        self.main = self.dist.is_main or self.rank_dirs  # who writes a run directory (see `rank_dirs`)
         self.cfg, self.out, self.resuming, self.progress = cfg, out, resuming, progress and self.main
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.history = out / HISTORY

@@ -26,7 +26,6 @@ from tracenas.errors import TracenasError
 from tracenas.search.darwinlm import LevelSpace
 from tracenas.search.darwinlm_eval import CandidateEvaluator
 from tracenas.search.darwinlm_recipe import DarwinLMRecipe
-from tracenas.search.rank_split import barrier, is_main
 from tracenas.search.runner import SearchRecipe
 from tracenas.search.tyr import TyrSearch, TyrState, round_step
 
@@ -90,15 +89,15 @@ class TyrRecipe(DarwinLMRecipe):
                  len(levels.table(0, "mlp")), cfg.supernet_inputs, self.db_path)
         t0 = time.perf_counter()
         self.evaluator.restore()  # the supernet is cut from the original weights
-        if is_main():
+        if self.dist.is_main:
             source = self.source.spec if self.source is not None else None
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             db = build_database(self.model, self.adapter, self.tokenizer, self.db_path, spec, source=source,
                                 progress=self.progress, desc=f"supernet round {rnd + 1}")
-            barrier()
+            self.dist.barrier()
         else:
-            barrier()
+            self.dist.barrier()
             db = SparsityDatabase.open(self.db_path)
         self.db = db
         self.evaluator.use(db)
