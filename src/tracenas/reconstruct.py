@@ -339,12 +339,17 @@ def _remove_(lin: nn.Linear, kept: Kept) -> None:
         param.data.index_fill_(dim, index.to(param.device), 0)
 
 
+def _write_columns(lin: nn.Linear, kept: torch.Tensor, values: torch.Tensor) -> None:
+    """Columns `kept` := `values` (the other columns untouched)."""
+    w = lin.weight.data
+    w[:, kept.to(w.device)] = values.to(w.device, w.dtype)
+
+
 def _set_columns(lin: nn.Linear, kept: torch.Tensor, values: torch.Tensor | None) -> None:
     """Columns `kept` := `values` (unchanged if None); every other column := 0; bias zeroed if nothing kept."""
     _remove_(lin, (None, kept))
     if values is not None and len(kept):
-        w = lin.weight.data
-        w[:, kept.to(w.device)] = values.to(w.device, w.dtype)
+        _write_columns(lin, kept, values)
 
 
 def prune_attention_(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, heads: tuple[int, ...],
@@ -353,8 +358,8 @@ def prune_attention_(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape,
     columns) replaces the kept ones."""
     for name, kept in attention_kept(shape, heads, heads).items():
         _remove_(adapter.attn_proj(layer, name), kept)
-    if o_cols is not None:
-        _set_columns(adapter.attn_proj(layer, "o_proj"), head_rows(heads, shape.head_dim), o_cols)
+    if o_cols is not None:  # the other columns are already gone
+        _write_columns(adapter.attn_proj(layer, "o_proj"), head_rows(heads, shape.head_dim), o_cols)
 
 
 def prune_mlp_(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, channels: tuple[int, ...],
@@ -362,8 +367,8 @@ def prune_mlp_(adapter: ModelAdapter, layer: nn.Module, shape: ModelShape, chann
     """Mask a block's MLP to `channels` in place; `down_cols` replaces the kept `down_proj` columns."""
     for name, kept in mlp_kept(shape, channels).items():
         _remove_(adapter.mlp_proj(layer, name), kept)
-    if down_cols is not None:
-        _set_columns(adapter.mlp_proj(layer, "down_proj"), torch.tensor(channels, dtype=torch.long), down_cols)
+    if down_cols is not None:  # the other columns are already gone
+        _write_columns(adapter.mlp_proj(layer, "down_proj"), torch.tensor(channels, dtype=torch.long), down_cols)
 
 
 # --- the whole model -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from torch import nn
 from tracenas.masking import Kept, LayerSelection, kept_indices, skipping_dropped
 from tracenas.models.adapter import ModelAdapter, ModelShape
 
+
 def can_slice(shape: ModelShape, selection: list[LayerSelection]) -> bool:
     """Whether every kept block keeps at least one head and one channel (what `sliced` represents)."""
     return all(not s.keep or (len(s.heads) > 0 and len(s.kv_heads) > 0 and len(s.channels) > 0) for s in selection)

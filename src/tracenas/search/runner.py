@@ -167,15 +167,14 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
     if own_dirs and not dist.is_main:  # this rank keeps a run directory of its own, apart from rank 0's
         out, progress = out / RANKS / f"rank-{dist.rank}", False
     resuming = cfg.resume
+    # the run directory is read and prepared by its writer: each rank for its own, else rank 0 for everyone
+    by_writer = (lambda fn: fn()) if own_dirs else dist.run_on_main
     try:
-        if resuming:  # rank 0 reads the saved search; the other ranks get its resolved config
-            cfg = resume_config(cfg, out) if own_dirs else dist.run_on_main(lambda: resume_config(cfg, out))
+        if resuming:  # the other ranks get rank 0's resolved config
+            cfg = by_writer(lambda: resume_config(cfg, out))
         else:
             cfg = cfg.resolved()
-            if own_dirs:
-                _prepare_out(cfg, out)
-            else:
-                dist.run_on_main(lambda: _prepare_out(cfg, out))
+            by_writer(lambda: _prepare_out(cfg, out))
         if model is None:
             resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
         data_mod.check_source(cfg.data)
