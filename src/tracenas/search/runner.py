@@ -178,8 +178,8 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
         if model is None:
             resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
         data_mod.check_source(cfg.data)
-        writes = dist.is_main or own_dirs
-        guard = RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0) if writes else nullcontext()
+        guard = (RunDirGuard(out, resumable=lambda: saved_candidates(out) > 0) if recipe_cls.writes_run_dir(dist)
+                 else nullcontext())
         with guard:
             recipe = recipe_cls(cfg, out, resuming, progress=progress, model=model, tokenizer=tokenizer,
                                 source=source, dist=dist)
@@ -210,10 +210,15 @@ class SearchRecipe:
     # (rank r > 0 in OUT/.ranks/rank-r, which its own --resume reads).
     rank_dirs = False
 
+    @classmethod
+    def writes_run_dir(cls, dist: Dist) -> bool:
+        """Whether this rank writes a run directory: rank 0 always, every rank for a `rank_dirs` recipe."""
+        return dist.is_main or cls.rank_dirs
+
     def __init__(self, cfg: SearchConfig, out: Path, resuming: bool, *, progress: bool = True, model=None,
                  tokenizer=None, source=None, dist: Dist | None = None) -> None:
         self.dist = dist or Dist()
-        self.main = self.dist.is_main or self.rank_dirs  # who writes a run directory (see `rank_dirs`)
+        self.main = self.writes_run_dir(self.dist)
         self.cfg, self.out, self.resuming, self.progress = cfg, out, resuming, progress and self.main
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.history = out / HISTORY
