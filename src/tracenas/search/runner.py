@@ -170,7 +170,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
     # the run directory is read and prepared by its writer: each rank for its own, else rank 0 for everyone
     by_writer = (lambda fn: fn()) if own_dirs else dist.run_on_main
     try:
-        if resuming:  # the other ranks get rank 0's resolved config
+        if resuming:  # the saved config, read by the writer (without rank_dirs, every rank gets rank 0's)
             cfg = by_writer(lambda: resume_config(cfg, out))
         else:
             cfg = cfg.resolved()
