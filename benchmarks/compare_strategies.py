@@ -33,6 +33,8 @@ benchmarks/results/compare-cpu.jsonl); the table: `benchmarks/compare_table.py O
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import random
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -98,6 +101,19 @@ def write_inputs(root: Path, questions: int = 500) -> tuple[Path, Path]:
     return ood, task
 
 
+@contextlib.contextmanager
+def held(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on LOCK while the block runs: two invocations filling the same root (e.g. one row each,
+    side by side) then never run the same stage at once; the second finds the first's results and skips it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -135,6 +151,12 @@ class Bench:
                 *(["--model", a.model] if a.model else []), *a.extra.split()]
 
     def one(self, budget: str, seed: int, row: str) -> None:
+        """One row at one budget and seed, under its lock (another invocation on the same root may hold it: this one
+        then waits and finds every finished stage done)."""
+        with held(self.run_dir(budget, seed, row).parent / f".{row}.lock"):
+            self._one(budget, seed, row)
+
+    def _one(self, budget: str, seed: int, row: str) -> None:
         spec, out = ROWS[row], self.run_dir(budget, seed, row)
         log = out.parent / f"{row}.log"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +223,9 @@ class Bench:
         data = ["--data", a.data] if a.data else []
         for name, flags in (("in-domain", [*data, *tasks]),
                             ("ood", ["--data", str(self.root / "ood.txt"), "--ppl-split", "all"])):
-            if not (out / name / "results.json").is_file():
+            with held(out / f".{name}.lock"):
+                if (out / name / "results.json").is_file():
+                    continue
                 self.tracenas(["eval", *model, *flags, "--preset", "quick", "--out", str(out / name),
                                "--device", a.device], out / "eval.log")
 

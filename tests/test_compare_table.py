@@ -1,4 +1,5 @@
-"""benchmarks/compare_table.py: the strategy table's means, spreads, winners and reference line, from fake run dirs."""
+"""benchmarks/compare_table.py: the strategy table's means, spreads, winners and reference line, from fake run dirs;
+and compare_strategies.py's lock on a shared root."""
 
 from __future__ import annotations
 
@@ -131,3 +132,43 @@ def test_saved_records_print_the_same_table_and_a_rerun_replaces_its_record(tmp_
     assert rows[0]["per_seed"][0]["recovered"] == 50.0 and rows[0]["per_seed"][1]["recovered"] == 56.0
     with pytest.raises(SystemExit, match="neither a run root nor a records file"):
         compare_table.load(tmp_path / "missing")
+
+
+def test_two_invocations_evaluate_the_dense_model_once(tmp_path, monkeypatch):
+    """Two `compare_strategies.py` invocations on one root (one row each, side by side) share the dense reference
+    evals: the second waits on the first's lock and finds its results, instead of running the same evals again."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("compare_strategies", BENCH / "compare_strategies.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    import argparse
+    import threading
+    import time
+
+    calls: list[str] = []
+    both_started = threading.Barrier(2)
+
+    def fake_eval(self, args, log):
+        out = Path(args[args.index("--out") + 1])
+        calls.append(out.name)
+        time.sleep(0.2)  # an eval takes a while: without the lock the other invocation starts the same one meanwhile
+        write(out / "results.json", eval_result(10.0))
+        return 0.0
+
+    monkeypatch.setattr(module.Bench, "tracenas", fake_eval)
+    args = argparse.Namespace(out=tmp_path, model=None, no_tasks=True, data=None, device="cpu")
+
+    def invocation():
+        bench = module.Bench(args)
+        both_started.wait()
+        bench.dense()
+
+    threads = [threading.Thread(target=invocation) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == ["in-domain", "ood"]
