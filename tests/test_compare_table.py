@@ -3,9 +3,12 @@ and compare_strategies.py's lock on a shared root."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,16 +16,21 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def compare_table():
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the scripts import each other, so benchmarks/ is on the path meanwhile)."""
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("compare_table", BENCH / "compare_table.py")
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        yield module
+        return module
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def compare_table():
+    return load_benchmark("compare_table")
 
 
 def write(path: Path, obj: dict) -> None:
@@ -137,17 +145,7 @@ def test_saved_records_print_the_same_table_and_a_rerun_replaces_its_record(tmp_
 def test_two_invocations_evaluate_the_dense_model_once(tmp_path, monkeypatch):
     """Two `compare_strategies.py` invocations on one root (one row each, side by side) share the dense reference
     evals: the second waits on the first's lock and finds its results, instead of running the same evals again."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("compare_strategies", BENCH / "compare_strategies.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    import argparse
-    import threading
-    import time
-
+    module = load_benchmark("compare_strategies")
     calls: list[str] = []
     both_started = threading.Barrier(2)
 
