@@ -5,7 +5,7 @@
 
 What a user running the model on a laptop gets: prompt processing (one batch of `--prompt` tokens) and
 generation (`--generate` single-token steps, KV cache growing) in tokens/s, median of `--repeat` runs, in
-llama.cpp itself (tracenas.llamacpp). The pruned shapes are fixed, not searched (as in bench_pruned.py): a few
+llama.cpp itself (tracenas.export.gguf.llamacpp). The pruned shapes are fixed, not searched (as in bench_pruned.py): a few
 blocks dropped, 2 of 3 query heads per KV group in odd blocks, MLP widths varied per block and scaled to land
 just under the parameter fraction; heads and channels picked by activation-weighted importance. Speed
 depends on the shapes, not on which heads are kept. Every model, base included, goes through the same GGUF
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from tracenas.arch import Genome, SearchSpace
 from tracenas.data import token_batches
-from tracenas.gguf_export import write_gguf
-from tracenas.llamacpp import run_tasks, version
-from tracenas.masking import compute_importance, select, slice_model
+from tracenas.export.gguf.writer import write_gguf
+from tracenas.export.gguf.llamacpp import run_tasks, version
+from tracenas.prune.masking import compute_importance, select, slice_model
 from tracenas.models import DEFAULT_MODEL, get_adapter, load_model
 
 

@@ -17,11 +17,11 @@ import logging
 from pathlib import Path
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.bench import BenchConfig, run_bench
+from tracenas.bench.runner import BenchConfig, run_bench
 from tracenas.commands.bench import format_table
 from tracenas.data import token_batches
-from tracenas.export import export_pruned
-from tracenas.masking import compute_importance, select
+from tracenas.export.checkpoint import export_pruned
+from tracenas.prune.masking import compute_importance, select
 from tracenas.models import DEFAULT_MODEL, get_adapter, load_model
 
 

@@ -18,8 +18,8 @@ import time
 import torch
 from torch import nn
 
-from tracenas.device import resolve_device, to_torch_dtype
-from tracenas.losses import next_token_loss, set_ce_impl
+from tracenas.runtime.device import resolve_device, to_torch_dtype
+from tracenas.runtime.losses import next_token_loss, set_ce_impl
 
 
 def one(impl: str, hidden: torch.Tensor, targets: torch.Tensor, head: nn.Linear, chunk: int, device) -> tuple:

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import SHAPES, build, sync  # noqa: E402
 
 from tracenas.arch import Genome, SearchSpace  # noqa: E402
-from tracenas.device import resolve_device, resolve_dtype  # noqa: E402
-from tracenas.masking import compute_importance  # noqa: E402
+from tracenas.runtime.device import resolve_device, resolve_dtype  # noqa: E402
+from tracenas.prune.masking import compute_importance  # noqa: E402
 from tracenas.models import get_adapter  # noqa: E402
-from tracenas.proxy import Scorer, TraceProbes  # noqa: E402
-from tracenas.search.operators import BudgetRepair  # noqa: E402
-from tracenas.sliced import compile_blocks  # noqa: E402
+from tracenas.proxies.traces import Scorer, TraceProbes  # noqa: E402
+from tracenas.search.strategies.operators import BudgetRepair  # noqa: E402
+from tracenas.prune.sliced import compile_blocks  # noqa: E402
 
 
 def genomes(space: SearchSpace, count: int, fraction: float, seed: int = 0) -> list[Genome]:

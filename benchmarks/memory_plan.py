@@ -6,7 +6,7 @@
 Activations are *measured*, not guessed: a 1-block and a 2-block model of each shape's real widths are
 built on the CPU in bf16 (small vocabulary; the output layer is counted apart) and torch's saved-tensor
 hooks count the bytes autograd keeps for the trace's backward, per token and block, with and without
-activation checkpointing (`tracenas.memory`). The rest is exact arithmetic from the shape: bf16 weights,
+activation checkpointing (`tracenas.prune.memory`). The rest is exact arithmetic from the shape: bf16 weights,
 the sliced copy of a candidate's kept blocks, the probes (A, B, B.grad), the fp32 base and candidate
 traces, `kl`'s cached dense outputs, the fused cross-entropy's logits chunk. CPU attention (SDPA math)
 saves about what CUDA's flash/efficient kernels save (O(tokens), never the L x L matrix); allocator
@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import SHAPES  # noqa: E402
 
-from tracenas.memory import checkpoint_blocks, saved_bytes  # noqa: E402
+from tracenas.prune.memory import checkpoint_blocks, saved_bytes  # noqa: E402
 from tracenas.models import get_adapter  # noqa: E402
-from tracenas.proxy import TraceProbes  # noqa: E402
+from tracenas.proxies.traces import TraceProbes  # noqa: E402
 
 PLAN_SHAPES = {**SHAPES, "Llama-3.1-70B": dict(model_type="llama", hidden_size=8192, intermediate_size=28672,
                                                 num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,

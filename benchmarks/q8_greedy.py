@@ -7,7 +7,7 @@ default model) is written as a q8_0 and a bf16 GGUF with the default model's tok
 
 * free-running: the agreeing prefix of the 32-token greedy continuations, float32 transformers vs the q8_0 GGUF,
   vs the bf16 GGUF, and vs transformers itself with its weights in bf16 (what any 8-bit-mantissa rounding does);
-* teacher-forced (as `tracenas.gguf_verify.teacher_forced_misses`): at how many of the 32 positions of the float32
+* teacher-forced (as `tracenas.export.gguf.verify.teacher_forced_misses`): at how many of the 32 positions of the float32
   continuation the q8_0 GGUF picks the same next token, and the float model's top-2 logit margin where it does not.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from tracenas import llamacpp
-from tracenas.gguf_export import write_gguf
-from tracenas.gguf_verify import agreeing_prefix, float_greedy, float_greedy_margins, forced_misses, forced_tasks
+from tracenas.export.gguf import llamacpp
+from tracenas.export.gguf.writer import write_gguf
+from tracenas.export.gguf.verify import agreeing_prefix, float_greedy, float_greedy_margins, forced_misses, forced_tasks
 from tracenas.models.loading import default_gguf_path, load_model, load_tokenizer, resolve_source
 from tracenas.models.pruned import load_pruned
 

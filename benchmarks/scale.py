@@ -29,13 +29,13 @@ from dataclasses import dataclass
 import torch
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.device import resolve_device, resolve_dtype
-from tracenas.losses import ce_impl, set_ce_impl
-from tracenas.masking import compute_importance
+from tracenas.runtime.device import resolve_device, resolve_dtype
+from tracenas.runtime.losses import ce_impl, set_ce_impl
+from tracenas.prune.masking import compute_importance
 from tracenas.models import get_adapter
-from tracenas.proxy import Scorer, TraceProbes
-from tracenas.search.operators import BudgetRepair
-from tracenas.sliced import compile_blocks
+from tracenas.proxies.traces import Scorer, TraceProbes
+from tracenas.search.strategies.operators import BudgetRepair
+from tracenas.prune.sliced import compile_blocks
 
 # Published configs (the fields that set the compute; rope scaling and the like do not change the cost).
 SHAPES: dict[str, dict] = {

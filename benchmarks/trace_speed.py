@@ -19,10 +19,10 @@ import torch
 
 from tracenas.arch import Genome, SearchSpace
 from tracenas.data import token_batches
-from tracenas.masking import compute_importance
+from tracenas.prune.masking import compute_importance
 from tracenas.models import get_adapter, load_model
-from tracenas.proxy import Scorer, TraceProbes
-from tracenas.search.runner import resolve_device, resolve_dtype
+from tracenas.proxies.traces import Scorer, TraceProbes
+from tracenas.search.recipes.runner import resolve_device, resolve_dtype
 
 
 def trace_flops(shape, tokens: int, seq_len: int, keep: int) -> float:

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from tracenas.arch import SearchSpace
-from tracenas.database import INPUT_REGIMES, DatabaseSpec, LevelAssembler, build_database
-from tracenas.evaluate import eval_tokens, perplexity
+from tracenas.prune.database import INPUT_REGIMES, DatabaseSpec, LevelAssembler, build_database
+from tracenas.eval.evaluate import eval_tokens
+from tracenas.runtime.perplexity import perplexity
 from tracenas.models import get_adapter, load_model
-from tracenas.search.tyr import TyrConfig, TyrSearch, round_space, uniform_centre
+from tracenas.search.strategies.tyr import TyrConfig, TyrSearch, round_space, uniform_centre
 
 
 def main() -> None:

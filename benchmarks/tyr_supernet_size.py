@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import SHAPES  # noqa: E402
 
 from tracenas.arch import SearchSpace  # noqa: E402
-from tracenas.database import planned_bytes  # noqa: E402
+from tracenas.prune.database import planned_bytes  # noqa: E402
 from tracenas.models import get_adapter  # noqa: E402
-from tracenas.search.tyr import TyrConfig, TyrSearch, round_space, uniform_centre  # noqa: E402
+from tracenas.search.strategies.tyr import TyrConfig, TyrSearch, round_space, uniform_centre  # noqa: E402
 
 
 def shape_of(name: str):

@@ -15,7 +15,7 @@ from conftest import save_tiny
 
 from tracenas.cli import main
 from tracenas.search.config import SearchConfig
-from tracenas.search.runner import run_search
+from tracenas.search.recipes.runner import run_search
 
 TINY = ["--num-sequences", "2", "--seq-len", "32", "--rank", "4", "--population", "4", "--elites", "2",
         "--iterations", "1", "--min-layers", "2", "--budget", "0.7", "--budget-tolerance", "0.1"]

@@ -11,10 +11,10 @@ import pytest
 import torch
 from test_export import make_run_dir
 
-from tracenas.bench import BenchConfig, measure, random_prompt, run_bench
+from tracenas.bench.runner import BenchConfig, measure, random_prompt, run_bench
 from tracenas.cli import main
-from tracenas.errors import RunDirError, TracenasError
-from tracenas.export import load_pruned
+from tracenas.runtime.errors import RunDirError, TracenasError
+from tracenas.models.pruned import load_pruned
 
 TINY = ["--prompt-len", "16", "--gen-len", "4", "--trials", "3", "--warmup", "1", "--device", "cpu"]
 MODEL_KEYS = {"model", "params", "ttft_ms", "tpot_ms", "throughput_tok_s", "total_ms", "weights_mb", "peak_mem_mb",

@@ -12,9 +12,9 @@ from conftest import make_tiny, save_tiny
 from tracenas.arch import Genome, SearchSpace
 from tracenas.budget import BudgetMetric
 from tracenas.cli import main
-from tracenas.config import normalize_memory_budget
-from tracenas.errors import BudgetError
-from tracenas.masking import compute_importance, select, slice_model
+from tracenas.runtime.config import normalize_memory_budget
+from tracenas.runtime.errors import BudgetError
+from tracenas.prune.masking import compute_importance, select, slice_model
 from tracenas.models import get_adapter
 
 

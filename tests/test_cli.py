@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tracenas.cli import build_parser, main
-from tracenas.device import set_threads
-from tracenas.errors import TracenasError
+from tracenas.runtime.device import set_threads
+from tracenas.runtime.errors import TracenasError
 
 
 def test_every_verb_has_threads():

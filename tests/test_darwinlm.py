@@ -16,13 +16,13 @@ import torch
 from conftest import make_tiny, make_tiny_tokenizer
 
 from tracenas.arch import Levels, SearchSpace
-from tracenas.database import DatabaseSpec, LevelAssembler, SparsityDatabase, build_database, levels_to_genome
-from tracenas.errors import TracenasError
+from tracenas.prune.database import DatabaseSpec, LevelAssembler, SparsityDatabase, build_database, levels_to_genome
+from tracenas.runtime.errors import TracenasError
 from tracenas.models import get_adapter
 from tracenas.search.config import SearchConfig
-from tracenas.search.darwinlm import (DarwinLMConfig, DarwinLMSearch, LevelSpace, StageTask, mutate, select_best,
+from tracenas.search.strategies.darwinlm import (DarwinLMConfig, DarwinLMSearch, LevelSpace, StageTask, mutate, select_best,
                                       uniform_start)
-from tracenas.search.runner import run_search
+from tracenas.search.recipes.runner import run_search
 
 TINY = dict(strategy="darwinlm", num_sequences=4, seq_len=32, offspring=4, survivors="2,1", stage_tokens="40,64",
             finetune_tokens="32,64", iterations=3, budget="0.7", budget_tolerance=0.1, min_layers=2, database_levels=4,
@@ -127,7 +127,7 @@ def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path, monke
     for name in ("search/progress.png", "search/arch.png", "search/state.json", "database/manifest.json"):
         assert (full / name).exists(), name
 
-    from tracenas.search import darwinlm_recipe
+    from tracenas.search.recipes import darwinlm as darwinlm_recipe
 
     killed = tmp_path / "killed"
     shutil.copytree(full / "database", killed / "database")  # the same database, given with --database
@@ -166,7 +166,7 @@ def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path, monke
 
 
 def test_fine_tuned_sliced_candidate_keeps_its_pruned_shape(tmp_path):
-    from tracenas.search.darwinlm_eval import CandidateEvaluator, finetune_
+    from tracenas.search.recipes.darwinlm_eval import CandidateEvaluator, finetune_
 
     model = make_tiny("qwen2-mha")  # tied embeddings: the dense head must stay apart from the trained copy's
     adapter = get_adapter(model)
@@ -202,7 +202,8 @@ def test_fine_tuned_sliced_candidate_keeps_its_pruned_shape(tmp_path):
 
 
 def test_export_of_a_darwinlm_run_is_the_assembled_candidate(tiny_model_dir, tmp_path):
-    from tracenas.export import export_run, load_pruned
+    from tracenas.export.checkpoint import export_run
+    from tracenas.models.pruned import load_pruned
     from tracenas.models.loading import load_model
 
     out = tmp_path / "run"
@@ -221,7 +222,7 @@ def test_export_of_a_darwinlm_run_is_the_assembled_candidate(tiny_model_dir, tmp
     other = load_pruned(export_run(out, candidate=1))
     assert sum(p.numel() for p in other.parameters()) == record["params"]
     with pytest.raises(TracenasError, match="reconstructed"):
-        from tracenas.reconstruct import ReconstructSettings
+        from tracenas.prune.reconstruct import ReconstructSettings
 
         export_run(out, out=tmp_path / "again", reconstruction=ReconstructSettings())
 
@@ -268,7 +269,7 @@ def test_two_ranks_equal_one(tiny_model_dir, tmp_path):
 
 
 def test_run_pipeline_with_darwinlm_exports_recovers_evaluates_and_reports_the_cost(tiny_model_dir, tmp_path):
-    from tracenas.pipeline import RunConfig, run_pipeline
+    from tracenas.pipeline.runner import RunConfig, run_pipeline
 
     out = tmp_path / "run"
     knobs = {k: TINY[k] for k in ("num_sequences", "seq_len", "offspring", "survivors", "stage_tokens",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tracenas import data
-from tracenas.errors import DataError
+from tracenas.runtime.errors import DataError
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

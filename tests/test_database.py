@@ -8,15 +8,16 @@ import pytest
 import torch
 from conftest import make_tiny, make_tiny_tokenizer
 
-import tracenas.database as database
+import tracenas.prune.database as database
 from tracenas.arch import SearchSpace
 from tracenas.cli import main
 from tracenas.data import token_batches
-from tracenas.errors import TracenasError
-from tracenas.export import export_pruned, load_pruned
-from tracenas.masking import masked
+from tracenas.runtime.errors import TracenasError
+from tracenas.export.checkpoint import export_pruned
+from tracenas.models.pruned import load_pruned
+from tracenas.prune.masking import masked
 from tracenas.models import get_adapter
-from tracenas.reconstruct import reconstruct
+from tracenas.prune.reconstruct import reconstruct
 
 SEQS, SEQ_LEN = 4, 32
 

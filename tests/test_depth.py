@@ -10,9 +10,9 @@ from conftest import make_tiny
 from tracenas.arch import SearchSpace
 from tracenas.models import get_adapter
 from tracenas.search.config import SearchConfig
-from tracenas.search.depth import DepthSearch
-from tracenas.search.depth_recipe import block_influence
-from tracenas.search.runner import run_search
+from tracenas.search.strategies.depth import DepthSearch
+from tracenas.search.recipes.depth import block_influence
+from tracenas.search.recipes.runner import run_search
 
 
 def test_block_influence_is_one_minus_the_mean_cosine_of_block_input_and_output():

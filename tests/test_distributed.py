@@ -1,4 +1,4 @@
-"""Candidates spread over torchrun ranks: the same search as one process (tracenas.distributed, gloo on CPU)."""
+"""Candidates spread over torchrun ranks: the same search as one process (tracenas.runtime.distributed, gloo on CPU)."""
 
 import json
 import os
@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from tracenas.arch import Genome
-from tracenas.distributed import Dist, balanced_shards, map_ranks
+from tracenas.runtime.distributed import Dist, balanced_shards, map_ranks
 from tracenas.search.config import SearchConfig
-from tracenas.search.evolution import Evolution
-from tracenas.search.runner import run_search
+from tracenas.search.strategies.evolution import Evolution
+from tracenas.search.recipes.runner import run_search
 
 TINY = dict(preset="quick", num_sequences=2, seq_len=32, rank=4, population=5, elites=2, iterations=3,
             budget="0.7", budget_tolerance=0.1, min_layers=2, micro_batch=2)
@@ -35,7 +35,7 @@ def test_one_process_yields_each_result_as_it_is_computed():
 
 def test_strategy_scores_each_new_genome_once_in_one_batch():
     from tracenas.arch import SearchSpace
-    from tracenas.search.state import EvolutionConfig
+    from tracenas.search.strategies.state import EvolutionConfig
     from conftest import make_tiny
     from tracenas.models import get_adapter
 
@@ -95,7 +95,7 @@ def test_rank_device_gives_cuda_an_index(monkeypatch):
     every GPU search failed on the lent H200 before this)."""
     import torch
 
-    from tracenas.distributed import Dist, rank_device
+    from tracenas.runtime.distributed import Dist, rank_device
 
     seen = []
 

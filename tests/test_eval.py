@@ -1,4 +1,4 @@
-"""Tests for tracenas.evaluate: perplexity, local lm-eval tasks offline, results files and errors."""
+"""Tests for tracenas.eval.evaluate: perplexity, local lm-eval tasks offline, results files and errors."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 from conftest import make_tiny
 from test_recover import NOUNS, make_word_tokenizer, save_model, write_corpus
 
-from tracenas.errors import TracenasError
-from tracenas.evaluate import EvalConfig, evaluate, format_results, perplexity
-from tracenas.tasks import parse_tasks
+from tracenas.runtime.errors import TracenasError
+from tracenas.eval.evaluate import EvalConfig, evaluate, format_results
+from tracenas.runtime.perplexity import perplexity
+from tracenas.eval.tasks import parse_tasks
 
 needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
                                    reason="needs lm-evaluation-harness: pip install 'tracenas[eval]'")

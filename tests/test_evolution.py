@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.errors import TracenasError
-from tracenas.models.adapter import ModelShape
+from tracenas.runtime.errors import TracenasError
+from tracenas.models.shape import ModelShape
 from tracenas.search import registry
 from tracenas.search.config import SearchConfig
-from tracenas.search.evolution import Evolution, EvolutionConfig
-from tracenas.search.operators import BudgetRepair, importance_anchor
-from tracenas.search.strategy import SearchStrategy
+from tracenas.search.strategies.evolution import Evolution, EvolutionConfig
+from tracenas.search.strategies.operators import BudgetRepair, importance_anchor
+from tracenas.search.strategies.base import SearchStrategy
 
 N = 6
 # GQA: 8 query heads over 2 KV heads (attention grid quarters), MLP 2048 channels (64 steps)
@@ -223,7 +223,7 @@ def test_a_strategy_registered_after_import_is_a_search_choice(monkeypatch):
 
 
 def test_state_round_trips_the_generation_in_progress_and_reads_states_saved_without_it():
-    from tracenas.search.state import EvolutionState
+    from tracenas.search.strategies.state import EvolutionState
 
     evo = evolution()
     genomes = evo.begin_generation()

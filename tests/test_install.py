@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tracenas import proxy as proxy_mod
+from tracenas.proxies import traces as proxy_mod
 from tracenas.cli import build_parser, main
-from tracenas.errors import TracenasError
+from tracenas.runtime.errors import TracenasError
 from tracenas.models import loading
-from tracenas.proxy_registry import NEEDS, get_proxy, proxy_names, unregister
+from tracenas.proxies.registry import NEEDS, get_proxy, proxy_names, unregister
 from tracenas.search.config import SearchConfig
 
 HEAVY = ("torch", "transformers", "accelerate", "lm_eval", "gensim", "matplotlib")

@@ -9,7 +9,7 @@ import re
 from conftest import save_tiny
 
 from tracenas.cli import main
-from tracenas.logs import TqdmHandler
+from tracenas.runtime.logs import TqdmHandler
 
 TINY_SEARCH = ["--num-sequences", "2", "--seq-len", "32", "--rank", "4", "--population", "4", "--elites", "2",
                "--iterations", "1", "--min-layers", "2", "--budget", "0.7", "--budget-tolerance", "0.1"]
@@ -54,7 +54,7 @@ def test_log_lines_start_on_their_own_line_under_a_progress_bar(capsys):
 
 def test_library_caller_sees_the_search_log(tmp_path):
     from tracenas.search.config import SearchConfig
-    from tracenas.search.runner import run_search
+    from tracenas.search.recipes.runner import run_search
 
     seen: list[str] = []
 
@@ -81,7 +81,7 @@ def test_library_run_takes_threads_from_its_config_and_restores_them(tmp_path):
     import torch
 
     from tracenas.search.config import SearchConfig
-    from tracenas.search.runner import run_search
+    from tracenas.search.recipes.runner import run_search
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from tracenas import losses
-from tracenas.losses import ce_impl, fused_ce_available, next_token_loss, set_ce_impl
+from tracenas.runtime import losses
+from tracenas.runtime.losses import ce_impl, fused_ce_available, next_token_loss, set_ce_impl
 
 needs_fused = pytest.mark.skipif(not fused_ce_available(), reason="torch < 2.13: no F.linear_cross_entropy")
 

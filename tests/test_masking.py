@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.masking import compute_importance, masked, select, slice_model
+from tracenas.prune.masking import compute_importance, masked, select, slice_model
 from tracenas.models import get_adapter
 
 
@@ -91,8 +91,8 @@ def test_every_way_of_pruning_removes_exactly_what_kept_indices_keeps(kind):
     import copy
 
     from conftest import make_tiny
-    from tracenas.masking import LayerSelection, kept_indices, projection, slice_layer_
-    from tracenas.reconstruct import prune_attention_, prune_mlp_
+    from tracenas.prune.masking import LayerSelection, kept_indices, projection, slice_layer_
+    from tracenas.prune.reconstruct import prune_attention_, prune_mlp_
 
     model = make_tiny(kind)
     adapter = get_adapter(model)

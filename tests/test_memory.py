@@ -1,12 +1,12 @@
-"""Activation checkpointing of the blocks changes no trace and keeps less for backward (tracenas.memory)."""
+"""Activation checkpointing of the blocks changes no trace and keeps less for backward (tracenas.prune.memory)."""
 
 import torch
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.masking import compute_importance
-from tracenas.memory import checkpoint_blocks, saved_bytes
+from tracenas.prune.masking import compute_importance
+from tracenas.prune.memory import checkpoint_blocks, saved_bytes
 from tracenas.models import get_adapter
-from tracenas.proxy import Scorer, TraceProbes, causal_lm_loss
+from tracenas.proxies.traces import Scorer, TraceProbes, causal_lm_loss
 
 from conftest import make_tiny
 

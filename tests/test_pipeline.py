@@ -1,7 +1,7 @@
 import json
 
 from tracenas.cli import main
-from tracenas.pipeline import RunConfig, run_pipeline
+from tracenas.pipeline.runner import RunConfig, run_pipeline
 
 TINY_RUN = dict(budget="0.7", budget_tolerance=0.1, population=4, elites=2, iterations=2, num_sequences=2, seq_len=32, rank=4,
                 min_layers=2, recover_tokens="2k", recover_seq_len=32, ppl_max_tokens=512, bench_prompt_len=16,
@@ -62,7 +62,7 @@ def test_run_refuses_obs_without_reconstruction(tmp_path, capsys):
 def test_run_passes_recovery_dtype_and_defaults_the_teacher_to_the_base(tiny_model_dir, tmp_path, monkeypatch):
     """`--recover-dtype` reaches the recovery; `--distill` on the embedded default distills from that default."""
     import tracenas.recover
-    from tracenas.models.loading import DEFAULT_MODEL
+    from tracenas.models.defaults import DEFAULT_MODEL
 
     out = tmp_path / "run"
     run_pipeline(RunConfig(model=str(tiny_model_dir), out=str(out), stages="search,export", **TINY_RUN), progress=False)

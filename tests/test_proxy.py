@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.masking import compute_importance
+from tracenas.prune.masking import compute_importance
 from tracenas.models import get_adapter
-from tracenas.proxy import Scorer, TraceProbes, causal_lm_loss, pearson
-from tracenas.proxy_registry import proxy_names
+from tracenas.proxies.traces import Scorer, TraceProbes, causal_lm_loss, pearson
+from tracenas.proxies.registry import proxy_names
 
 
 @pytest.fixture

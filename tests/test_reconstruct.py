@@ -9,11 +9,12 @@ import torch
 from conftest import TINY_KINDS, make_tiny
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.errors import TracenasError
-from tracenas.export import export_pruned, load_pruned
-from tracenas.masking import compute_importance, head_rows, masked, select
+from tracenas.runtime.errors import TracenasError
+from tracenas.export.checkpoint import export_pruned
+from tracenas.models.pruned import load_pruned
+from tracenas.prune.masking import compute_importance, head_rows, masked, select
 from tracenas.models import get_adapter
-from tracenas.reconstruct import (
+from tracenas.prune.reconstruct import (
     Gram, apply_reconstruction_, capture_block_inputs, consumer_input, kept_by_order, obs_channel_order, obs_heads,
     obs_order, output_error,
     reconstruct, run_block, solve,

@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import make_tiny
 
-from tracenas.errors import DataError, TracenasError
-from tracenas.recover import RecoverConfig, TrainWindows, chunked_lm_loss, lr_at, parse_count, recover
+from tracenas.runtime.errors import DataError, TracenasError
+from tracenas.recover import RecoverConfig, TrainWindows, lr_at, parse_count, recover
+from tracenas.runtime.losses import chunked_lm_loss
 
 NOUNS = ["cat", "dog", "bird", "fish", "horse", "cow", "mouse", "lion"]
 VERBS = ["sees", "likes", "chases", "follows", "eats", "finds"]
@@ -230,8 +231,8 @@ def test_exported_pruned_model_round_trips(setup, tmp_path):
     model card; it loads through load_model and through stock transformers with trust_remote_code."""
     from transformers import AutoModelForCausalLM
 
-    from tracenas.export import export_pruned
-    from tracenas.masking import LayerSelection
+    from tracenas.export.checkpoint import export_pruned
+    from tracenas.prune.masking import LayerSelection
     from tracenas.models.loading import load_model
 
     _, data = setup

@@ -16,11 +16,11 @@ import yaml
 from conftest import save_tiny
 
 from tracenas.cli import main
-from tracenas.config import parse_budget_spec, parse_count
+from tracenas.runtime.config import parse_budget_spec, parse_count
 from tracenas.data import split_documents, token_batches
-from tracenas.errors import BudgetError, TracenasError
+from tracenas.runtime.errors import BudgetError, TracenasError
 from tracenas.search.config import SearchConfig
-from tracenas.search.runner import run_search
+from tracenas.search.recipes.runner import run_search
 
 SEARCH = dict(num_sequences=2, seq_len=32, rank=4, population=4, elites=2, min_layers=2, budget="0.7",
               budget_tolerance=0.1, micro_batch=2)
@@ -54,7 +54,7 @@ def test_export_refuses_foreign_dirs_but_replaces_its_own(model_dir, tmp_path):
     before = files(run)
     for out in (run, tmp_path):
         with pytest.raises(TracenasError, match="refusing to replace"):
-            from tracenas.export import export_run
+            from tracenas.export.checkpoint import export_run
 
             export_run(run, out=out)
     assert files(run) == before
@@ -261,7 +261,7 @@ def test_recover_resume_removes_partial_checkpoint(model_dir, tmp_path):
 # issue 17: results are ordinary files on a shared machine, and any scored candidate can be exported -------------
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
-    from tracenas.config import atomic_write_json
+    from tracenas.runtime.config import atomic_write_json
 
     old = os.umask(umask)
     try:

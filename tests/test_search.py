@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from tracenas.cli import main
-from tracenas.errors import TracenasError
+from tracenas.runtime.errors import TracenasError
 from tracenas.search.config import SearchConfig
-from tracenas.search.runner import run_search
+from tracenas.search.recipes.runner import run_search
 
 TINY = dict(preset="quick", num_sequences=2, seq_len=32, rank=4, population=5, elites=2, iterations=3,
             budget="0.7", budget_tolerance=0.1, min_layers=2, micro_batch=2)
@@ -43,7 +43,7 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(tiny_model_dir, t
     assert _read(full) == _read(again)
 
     # kill the search after generation 1 by raising from the per-generation hook
-    from tracenas.search import evolution
+    from tracenas.search.strategies import evolution
 
     killed = tmp_path / "killed"
     original_step = evolution.Evolution.step
@@ -173,8 +173,8 @@ def test_resume_with_run_time_resolved_defaults(tiny_model_dir, tmp_path):
 def test_proxy_registered_after_import_is_accepted_by_the_cli_search(tiny_model_dir, tmp_path):
     """`tracenas.cli` and `tracenas.search.config` are imported above; the proxy is registered only now."""
     from tracenas.arch import Genome
-    from tracenas.proxy import register_proxy
-    from tracenas.proxy_registry import unregister
+    from tracenas.proxies.traces import register_proxy
+    from tracenas.proxies.registry import unregister
 
     seen: dict[str, float] = {}
 
@@ -202,7 +202,7 @@ def test_proxy_registered_after_import_is_accepted_by_the_cli_search(tiny_model_
 
 def _interrupt_scorer_after(monkeypatch, k: int) -> None:
     """Make the scorer raise KeyboardInterrupt (a Ctrl-C) when asked for candidate k+1."""
-    from tracenas.proxy import Scorer
+    from tracenas.proxies.traces import Scorer
 
     original, calls = Scorer.score, []
 

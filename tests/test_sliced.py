@@ -1,13 +1,13 @@
-"""Scoring a candidate on its physically sliced blocks gives what scoring it under masks gives (tracenas.sliced)."""
+"""Scoring a candidate on its physically sliced blocks gives what scoring it under masks gives (tracenas.prune.sliced)."""
 
 import pytest
 import torch
 
 from tracenas.arch import Genome, SearchSpace
-from tracenas.masking import compute_importance, kept_indices, masked, select
+from tracenas.prune.masking import compute_importance, kept_indices, masked, select
 from tracenas.models import get_adapter
-from tracenas.proxy import Scorer, TraceProbes, causal_lm_loss
-from tracenas.sliced import sliced
+from tracenas.proxies.traces import Scorer, TraceProbes, causal_lm_loss
+from tracenas.prune.sliced import sliced
 
 from conftest import make_tiny
 
@@ -157,7 +157,7 @@ def test_compiled_blocks_score_sliced_candidates_like_eager_ones(tiny_batches):
     """`compile_blocks` (dynamo, eager backend: no code generation) scores sliced candidates as eager blocks do."""
     import torch._dynamo
 
-    from tracenas.sliced import compile_blocks
+    from tracenas.prune.sliced import compile_blocks
 
     scores = []
     try:

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from tracenas import llamacpp
+from tracenas.export.gguf import llamacpp
 from tracenas.cli import main
-from tracenas.gguf_verify import teacher_forced_misses
+from tracenas.export.gguf.verify import teacher_forced_misses
 
 pytestmark = pytest.mark.slow
 

@@ -17,14 +17,14 @@ import torch
 from conftest import make_tiny, make_tiny_tokenizer
 
 from tracenas.arch import Levels, SearchSpace
-from tracenas.database import DatabaseSpec, LevelAssembler, SparsityDatabase, build_database, expected_consumer_
-from tracenas.errors import TracenasError
+from tracenas.prune.database import DatabaseSpec, LevelAssembler, SparsityDatabase, build_database, expected_consumer_
+from tracenas.runtime.errors import TracenasError
 from tracenas.models import get_adapter
-from tracenas.reconstruct import Gram, capture_block_inputs, consumer_input, solve
+from tracenas.prune.reconstruct import Gram, capture_block_inputs, consumer_input, solve
 from tracenas.search.config import SearchConfig
-from tracenas.search.darwinlm import mutate
-from tracenas.search.runner import run_search
-from tracenas.search.tyr import (TyrConfig, TyrSearch, centred_table, round_space, step_units, uniform_centre)
+from tracenas.search.strategies.darwinlm import mutate
+from tracenas.search.recipes.runner import run_search
+from tracenas.search.strategies.tyr import (TyrConfig, TyrSearch, centred_table, round_space, step_units, uniform_centre)
 
 TINY = dict(strategy="tyr", num_sequences=4, seq_len=32, offspring=4, survivors="2,1", stage_tokens="40,64",
             iterations=2, rounds=2, budget="0.7", budget_tolerance=0.1, min_layers=2, threads=1)
@@ -177,7 +177,7 @@ def _comparable(out: Path) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("kill", ["mid-round", "between-rounds"])
 def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path, monkeypatch, kill):
-    from tracenas.search import tyr_recipe
+    from tracenas.search.recipes import tyr as tyr_recipe
 
     full = tmp_path / "full"
     res = run_search(SearchConfig(model=str(tiny_model_dir), out=str(full), **TINY), progress=False)
@@ -242,7 +242,7 @@ def test_presets_flags_and_the_sparse_kl():
         with pytest.raises(TracenasError):
             SearchConfig(strategy="tyr", **bad)
     # the top-k KL over every token is the exact KL; over fewer it differs
-    from tracenas.zero_cost import forward_stats, prepare_reference
+    from tracenas.proxies.zero_cost import forward_stats, prepare_reference
 
     model = make_tiny("llama-gqa")
     adapter = get_adapter(model)
@@ -257,9 +257,10 @@ def test_presets_flags_and_the_sparse_kl():
 
 
 def test_export_is_the_assembled_candidate_and_the_pipeline_runs(tiny_model_dir, tmp_path):
-    from tracenas.export import export_run, load_pruned
+    from tracenas.export.checkpoint import export_run
+    from tracenas.models.pruned import load_pruned
     from tracenas.models.loading import load_model
-    from tracenas.pipeline import RunConfig, run_pipeline
+    from tracenas.pipeline.runner import RunConfig, run_pipeline
 
     out = tmp_path / "run"
     knobs = {k: TINY[k] for k in ("num_sequences", "seq_len", "offspring", "survivors", "stage_tokens", "budget",

@@ -14,15 +14,16 @@ import pytest
 import torch
 from conftest import make_tiny, make_tiny_tokenizer
 
-from tracenas import proxy as proxy_mod
-from tracenas import validate, zero_cost
+from tracenas.proxies import traces as proxy_mod
+from tracenas import validate
+from tracenas.proxies import zero_cost
 from tracenas.arch import Genome, SearchSpace
 from tracenas.cli import main as cli_main
-from tracenas.errors import RunDirError, TracenasError
-from tracenas.masking import compute_importance
+from tracenas.runtime.errors import RunDirError, TracenasError
+from tracenas.prune.masking import compute_importance
 from tracenas.models import get_adapter
-from tracenas.proxy import Scorer, TraceProbes
-from tracenas.proxy_registry import proxy_names, unregister
+from tracenas.proxies.traces import Scorer, TraceProbes
+from tracenas.proxies.registry import proxy_names, unregister
 from tracenas.validate import (
     ValidateConfig,
     Validator,
@@ -287,7 +288,7 @@ def test_resume_skips_what_is_on_disk(study, tmp_path, monkeypatch, tiny_model_d
 
 def test_saved_config_reruns_the_same_study(study, tmp_path):
     """`--config OUT/validate.yaml` is accepted as is and resolves to the same settings (so it resumes)."""
-    from tracenas.config import from_args, load_yaml
+    from tracenas.runtime.config import from_args, load_yaml
 
     cli_args = __import__("argparse").Namespace(out=str(tmp_path / "x"))
     cfg = from_args(ValidateConfig, cli_args, load_yaml(study / "validate.yaml"))

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from tracenas.budget import BudgetMetric
-from tracenas.config import parse_budget_spec
-from tracenas.errors import BudgetError, RunDirError, TracenasError
-from tracenas.models.adapter import ModelShape
+from tracenas.runtime.config import format_count, parse_budget_spec
+from tracenas.runtime.errors import BudgetError, RunDirError, TracenasError
+from tracenas.models.shape import ModelShape
 
 MLP_MULTIPLE = 32
 
@@ -64,7 +64,7 @@ class Genome:
 
 @dataclass(frozen=True)
 class Levels:
-    """A candidate of a sparsity-level database (`tracenas.database`) as one level index per sub-block:
+    """A candidate of a sparsity-level database (`tracenas.prune.database`) as one level index per sub-block:
     0 = full, the last level = removed. Level `k` keeps `attn_units[k]` attention units / `mlp_widths[k]` channels."""
 
     attn: tuple[int, ...]
@@ -268,13 +268,6 @@ def parse_budget(budget: str | float | int, base: int) -> int:
     return int(value * base) if kind == "fraction" else int(round(value))
 
 
-def format_count(n: int) -> str:
-    for suffix, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}"
-    return str(n)
-
-
 @dataclass
 class ArchFile:
     """Contents of `arch.json`."""
@@ -327,7 +320,7 @@ class ArchFile:
     def source_spec(self) -> str | None:
         """The base model to load: the embedded default by name, else the recorded path where it still
         exists, else the spec as the user gave it (a Hub id, or a path relative to the cwd)."""
-        from tracenas.models.loading import DEFAULT_MODEL
+        from tracenas.models.defaults import DEFAULT_MODEL
 
         spec, path, gguf = self.model.get("spec"), self.model.get("path"), self.model.get("gguf_file")
         if spec == DEFAULT_MODEL:

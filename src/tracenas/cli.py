@@ -14,8 +14,8 @@ import importlib
 import os
 import sys
 
-from tracenas.errors import TracenasError, io_failure_reason, is_io_failure
-from tracenas.logs import console_logging
+from tracenas.runtime.errors import TracenasError, io_failure_reason, is_io_failure
+from tracenas.runtime.logs import console_logging
 
 VERBS = ("search", "export", "database", "bench", "recover", "eval", "run", "validate_proxy")
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args.verb != "bench":  # bench applies its own --threads around the timed region only
-            from tracenas.device import set_threads
+            from tracenas.runtime.device import set_threads
 
             set_threads(getattr(args, "threads", None))
         return int(handlers[args.verb].run(args) or 0)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from tracenas.errors import DataError
+from tracenas.runtime.errors import DataError
 
 logger = logging.getLogger(__name__)
 

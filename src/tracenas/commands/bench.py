@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from tracenas.config import add_config_arguments, config_from_args
+from tracenas.runtime.config import add_config_arguments, config_from_args
 
 NAME = "bench"
 HELP = "time to first token, time per output token, throughput and peak memory: pruned vs base"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from tracenas.bench_config import BenchConfig
+    from tracenas.bench.config import BenchConfig
 
     parser.add_argument("model_dir", metavar="MODEL_DIR",
                         help="exported model directory, or a run directory (uses RUN_DIR/model)")
@@ -47,8 +47,8 @@ def format_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracenas.bench import run_bench
-    from tracenas.bench_config import BenchConfig
+    from tracenas.bench.runner import run_bench
+    from tracenas.bench.config import BenchConfig
 
     cfg = config_from_args(BenchConfig, args)
     report = run_bench(args.model_dir, cfg)

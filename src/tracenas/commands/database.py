@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from tracenas.config import add_config_arguments, config_from_args, opt
+from tracenas.runtime.config import add_config_arguments, config_from_args, opt
 
 NAME = "database"
 HELP = "build (resumable) or describe the sparsity-level database: every block's attention and MLP pruned and " \
@@ -46,9 +46,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tracenas.config import save_config
-    from tracenas.database import SparsityDatabase, build_database
-    from tracenas.logs import run_log
+    from tracenas.runtime.config import save_config
+    from tracenas.prune.database import SparsityDatabase, build_database
+    from tracenas.runtime.logs import run_log
 
     if args.action == "info":
         db = SparsityDatabase.open(args.out)
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tracenas.arch import SearchSpace
-    from tracenas.database import DatabaseSpec
+    from tracenas.prune.database import DatabaseSpec
     from tracenas.models import get_adapter
     from tracenas.models.loading import load_model
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tracenas.config import add_config_arguments, config_from_args
+from tracenas.runtime.config import add_config_arguments, config_from_args
 
 NAME = "eval"
 HELP = "perplexity on the held-out split and lm-evaluation-harness tasks (local JSONL tasks work offline)"
 
 
 def _config_class():
-    from tracenas.eval_config import EvalConfig
+    from tracenas.eval.config import EvalConfig
 
     return EvalConfig
 
@@ -24,7 +24,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracenas.evaluate import evaluate, format_results
+    from tracenas.eval.evaluate import evaluate, format_results
 
     if not getattr(args, "verbose", False):
         for noisy in ("lm_eval", "datasets", "evaluate"):

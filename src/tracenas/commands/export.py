@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracenas.config import add_config_arguments, config_from_args, opt, to_dict
+from tracenas.runtime.config import add_config_arguments, config_from_args, opt, to_dict
 
 NAME = "export"
 HELP = "export a search run's architecture (arch.json) as a Hugging Face checkpoint and/or a GGUF file"
@@ -46,8 +46,8 @@ class ExportConfig:
 
     def reconstruction(self):
         """The `ReconstructSettings` these options ask for (None without --reconstruct)."""
-        from tracenas.errors import TracenasError
-        from tracenas.reconstruct import ReconstructSettings
+        from tracenas.runtime.errors import TracenasError
+        from tracenas.prune.reconstruct import ReconstructSettings
 
         if self.reconstruct is None:
             if self.importance != "wanda":
@@ -64,9 +64,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracenas.export import export_run
+    from tracenas.export.checkpoint import export_run
 
-    from tracenas.device import using_threads
+    from tracenas.runtime.device import using_threads
 
     cfg = config_from_args(ExportConfig, args)
     with using_threads(cfg.threads):
@@ -83,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  parameters: {params:,} of {base:,} ({params / base:.1%}), "
               f"{len(fields['source_layers'])} of {fields['base_num_hidden_layers']} blocks")
     remote = not fields.get("uniform", True)
-    print(f"  load: tracenas.export.load_pruned({str(path)!r})")
+    print(f"  load: tracenas.export.checkpoint.load_pruned({str(path)!r})")
     print(f"     or AutoModelForCausalLM.from_pretrained({str(path)!r}"
           f"{', trust_remote_code=True' if remote else ''})")
     print(f"  config: {(path if cfg.out else Path(cfg.run_dir)) / 'export.yaml'}")
     if cfg.format == "both":
-        from tracenas.gguf_export import gguf_path
+        from tracenas.export.gguf.writer import gguf_path
 
         _print_gguf(gguf_path(path))
     return 0

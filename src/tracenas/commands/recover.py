@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from tracenas.config import add_config_arguments, config_from_args
+from tracenas.runtime.config import add_config_arguments, config_from_args
 
 NAME = "recover"
 HELP = "continued pretraining (recovery) of a pruned or dense model; resumable with --resume"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tracenas.config import add_config_arguments, config_from_args
-from tracenas.pipeline import RunConfig
+from tracenas.runtime.config import add_config_arguments, config_from_args
+from tracenas.pipeline.runner import RunConfig
 
 NAME = "run"
 HELP = "search -> export -> recover -> eval -> bench in one run directory, skipping finished stages; writes report.md"
@@ -16,7 +16,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracenas.pipeline import run_pipeline
+    from tracenas.pipeline.runner import run_pipeline
 
     cfg = config_from_args(RunConfig, args)
     run_pipeline(cfg)

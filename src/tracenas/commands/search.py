@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tracenas.config import add_config_arguments, from_args, load_yaml
+from tracenas.runtime.config import add_config_arguments, from_args, load_yaml
 from tracenas.search.config import SearchConfig
 
 NAME = "search"
@@ -20,8 +20,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracenas.arch import format_count  # imports torch (through tracenas.models): only when running
-    from tracenas.search.runner import run_search, saved_config
+    from tracenas.runtime.config import format_count  # imports torch (through tracenas.models): only when running
+    from tracenas.search.recipes.runner import run_search, saved_config
 
     base = load_yaml(getattr(args, "config", None))
     if getattr(args, "resume", False):
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _kept(out: str) -> str:
     """What an interrupted search left to resume, read back from its saved state (never assumed)."""
-    from tracenas.search.runner import saved_candidates
+    from tracenas.search.recipes.runner import saved_candidates
 
     n = saved_candidates(out)
     if n == 0:

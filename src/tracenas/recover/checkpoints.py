@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracenas.errors import TracenasError
+from tracenas.runtime.errors import TracenasError
 from tracenas.recover.config import RecoverConfig
-from tracenas.rundir import install_dir
+from tracenas.runtime.rundir import install_dir
 
 _TRAJECTORY = ("data", "tokens", "seq_len", "micro_batch", "global_batch", "grad_accum", "lr", "schedule",
                "warmup_frac", "stable_frac", "decay_frac", "min_lr_ratio", "weight_decay", "max_grad_norm", "seed",

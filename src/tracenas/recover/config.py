@@ -8,8 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from tracenas.config import opt, parse_count, to_dict
-from tracenas.errors import TracenasError
+from tracenas.runtime.config import opt, parse_count, to_dict
+from tracenas.runtime.errors import TracenasError
 
 log = logging.getLogger("tracenas.recover")  # one logger for the package: log lines name it as before the split
 

@@ -15,19 +15,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tracenas.config import atomic_write_json, save_config
-from tracenas.errors import DataError, TracenasError
+from tracenas.runtime.config import atomic_write_json, save_config
+from tracenas.runtime.errors import DataError, TracenasError
 from tracenas.recover.checkpoints import (CHECKPOINTS, _checkpoint_dirs, remove_partial_checkpoints, _fingerprint, _is_fsdp, _load_checkpoint, _read_log,
                                           _save_checkpoint)
 from tracenas.recover.config import RecoverConfig, RecoverResult
 from tracenas.recover.losses import _LossModel
 from tracenas.recover.plots import plot_loss
 from tracenas.recover.save import save_recovered
-from tracenas.recover.schedule import lr_at, param_groups
+from tracenas.recover.schedule import lr_at
+from tracenas.runtime.optim import param_groups
 from tracenas.recover.windows import TrainWindows, _training_stream
-from tracenas.device import using_threads
-from tracenas.logs import run_log
-from tracenas.rundir import RunDirGuard, check_writable_dir
+from tracenas.runtime.device import using_threads
+from tracenas.runtime.logs import run_log
+from tracenas.runtime.rundir import RunDirGuard, check_writable_dir
 
 log = logging.getLogger("tracenas.recover")  # one logger for the package: log lines name it as before the split
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tracenas.device import DTYPES, to_torch_dtype
+from tracenas.runtime.device import DTYPES, to_torch_dtype
 from tracenas.models.loading import public_name
 from tracenas.recover.config import RecoverConfig, RecoverResult
-from tracenas.rundir import install_dir, staging_dir
+from tracenas.runtime.rundir import install_dir, staging_dir
 
 
 def _checkpoint_dtype(source) -> torch.dtype:
@@ -41,7 +41,7 @@ def save_recovered(model: nn.Module, tokenizer, source, cfg: RecoverConfig, resu
     dtype = _checkpoint_dtype(source) if cfg.save_dtype == "auto" else to_torch_dtype(cfg.save_dtype)
     src_dir = Path(source.path) if source is not None and not source.gguf_file and Path(source.path).is_dir() else None
     if getattr(model.config, "tracenas", None):
-        from tracenas.export import save_pruned
+        from tracenas.models.pruned import save_pruned
 
         save_pruned(model, tokenizer, target, dtype=dtype,
                     card={"recovered from": public_name(cfg.model or "default"), "recovery tokens": result.tokens_seen,

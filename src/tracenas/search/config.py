@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from tracenas.budget import BudgetMetric
-from tracenas.config import normalize_memory_budget, opt, parse_budget_spec
-from tracenas.errors import TracenasError
-from tracenas.proxy_registry import get_proxy, proxy_names
+from tracenas.runtime.config import normalize_memory_budget, opt, parse_budget_spec
+from tracenas.runtime.errors import TracenasError
+from tracenas.proxies.registry import get_proxy, proxy_names
 from tracenas.search.registry import strategy_help, strategy_names
 
 PRESETS: dict[str, dict] = {

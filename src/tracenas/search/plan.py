@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tracenas.arch import SearchSpace, format_count
-from tracenas.models.adapter import ModelShape
+from tracenas.arch import SearchSpace
+from tracenas.runtime.config import format_count
+from tracenas.models.shape import ModelShape
 from tracenas.search.config import SearchConfig
 
 
@@ -128,7 +129,7 @@ def model_shape(spec: str | None) -> tuple[ModelShape, str]:
 
 def plan_search(cfg: SearchConfig) -> SearchPlan:
     """What `run_search(cfg)` would search and spend, from the model's config; scores and writes nothing."""
-    from tracenas.proxy_registry import get_proxy
+    from tracenas.proxies.registry import get_proxy
     from tracenas.search.registry import strategy_class
 
     cfg = cfg.resolved()

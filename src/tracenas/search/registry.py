@@ -3,7 +3,7 @@
     from tracenas.search.registry import register_strategy, strategy_class, strategy_names
     register_strategy("darwinlm", DarwinLMSearch, "(1+lambda) evolution over sparsity levels")
     strategy_names()               # ('evolution', 'uniform', 'random', 'darwinlm'): the --strategy choices
-    strategy_class("darwinlm")     # -> DarwinLMSearch, a `tracenas.search.strategy.SearchStrategy`
+    strategy_class("darwinlm")     # -> DarwinLMSearch, a `tracenas.search.strategies.base.SearchStrategy`
 
 `SearchConfig` and the CLI read the names when a parser is built or a config validated, so a strategy
 registered after import is a valid `--strategy` from then on, and `tracenas search --help` never
@@ -15,10 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from tracenas.errors import TracenasError
+from tracenas.runtime.errors import TracenasError
 
 if TYPE_CHECKING:
-    from tracenas.search.strategy import SearchStrategy
+    from tracenas.search.strategies.base import SearchStrategy
 
 # Insertion order is the order of the `--strategy` choices.
 STRATEGY_HELP: dict[str, str] = {
@@ -30,12 +30,12 @@ STRATEGY_HELP: dict[str, str] = {
     "depth": "depth-only baseline: drop the blocks of lowest Block Influence (ShortGPT)",
 }
 _CLASSES: dict[str, "str | type[SearchStrategy]"] = {
-    "evolution": "tracenas.search.evolution:Evolution",
-    "uniform": "tracenas.search.strategies:UniformSearch",
-    "random": "tracenas.search.strategies:RandomSearch",
-    "darwinlm": "tracenas.search.darwinlm:DarwinLMSearch",
-    "tyr": "tracenas.search.tyr:TyrSearch",
-    "depth": "tracenas.search.depth:DepthSearch",
+    "evolution": "tracenas.search.strategies.evolution:Evolution",
+    "uniform": "tracenas.search.strategies.simple:UniformSearch",
+    "random": "tracenas.search.strategies.simple:RandomSearch",
+    "darwinlm": "tracenas.search.strategies.darwinlm:DarwinLMSearch",
+    "tyr": "tracenas.search.strategies.tyr:TyrSearch",
+    "depth": "tracenas.search.strategies.depth:DepthSearch",
 }
 
 
@@ -51,7 +51,7 @@ def strategy_help() -> str:
 def register_strategy(name: str, cls: "type[SearchStrategy] | str", help: str) -> None:  # noqa: A002
     """Make `cls` (a `SearchStrategy` subclass, or its "module:Class" path) the strategy `name`."""
     if not isinstance(cls, str):
-        from tracenas.search.strategy import SearchStrategy
+        from tracenas.search.strategies.base import SearchStrategy
 
         if not (isinstance(cls, type) and issubclass(cls, SearchStrategy)):
             raise TracenasError(f"strategy {name!r}: {cls!r} is not a SearchStrategy subclass")

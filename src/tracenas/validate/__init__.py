@@ -11,7 +11,7 @@ Everything below is importable from `tracenas.validate` itself.
 
 from __future__ import annotations
 
-from tracenas.lazy import lazy_exports
+from tracenas.runtime.lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS = {

@@ -19,7 +19,7 @@ def sample_candidates(space: SearchSpace, budget: int, n: int, seed: int = 0, to
     Candidate i depends only on (seed, i) and the candidates before it, so a larger `n` extends a
     smaller sample. Widths are random then rescaled into the window by the search's repair.
     """
-    from tracenas.search.operators import BudgetRepair
+    from tracenas.search.strategies.operators import BudgetRepair
 
     repair = BudgetRepair(space, budget, tolerance)
     layers, lmin = space.shape.num_layers, space.min_layers

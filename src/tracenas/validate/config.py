@@ -1,5 +1,5 @@
 """`ValidateConfig`: every knob of `tracenas validate-proxy`, its `quick` and `paper` presets, the Φ variants
-of the study, and `ValidationResult`. The proxies themselves come from `tracenas.proxy_registry`."""
+of the study, and `ValidationResult`. The proxies themselves come from `tracenas.proxies.registry`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracenas.config import opt
-from tracenas.errors import TracenasError
-from tracenas.proxy_registry import UnknownProxyError, get_proxy, proxy_names
+from tracenas.runtime.config import opt
+from tracenas.runtime.errors import TracenasError
+from tracenas.proxies.registry import UnknownProxyError, get_proxy, proxy_names
 
 FAMILIES = ("width", "depth", "mixed")
 # Validation-only analyses of the main trace pass (scoring.variant_scores), not search proxies: name -> label.

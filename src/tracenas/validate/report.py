@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracenas.config import atomic_write_json, atomic_write_text
+from tracenas.runtime.config import atomic_write_json, atomic_write_text
 from tracenas.validate.config import FAMILIES, ValidateConfig, proxy_label
 from tracenas.validate.records import Records, read_records
 from tracenas.validate.stats import _score_value, summarize, summarize_sweep

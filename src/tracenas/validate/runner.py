@@ -35,12 +35,13 @@ import torch
 import yaml
 from torch import nn
 
-from tracenas.arch import SearchSpace, format_count
-from tracenas.logs import run_log
-from tracenas.config import atomic_write_json, save_config
-from tracenas.distributed import init_dist, rank_device
-from tracenas.errors import RunDirError
-from tracenas.masking import select
+from tracenas.arch import SearchSpace
+from tracenas.runtime.config import format_count
+from tracenas.runtime.logs import run_log
+from tracenas.runtime.config import atomic_write_json, save_config
+from tracenas.runtime.distributed import init_dist, rank_device
+from tracenas.runtime.errors import RunDirError
+from tracenas.prune.masking import select
 from tracenas.validate.candidates import sample_candidates
 from tracenas.validate.config import _RESUMABLE, ValidateConfig, ValidationResult
 from tracenas.validate.records import Records, _jf, append_record, read_records, repair_tail
@@ -74,7 +75,7 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
                    progress: bool = True) -> ValidationResult:
     """Sample candidates, compute what candidates.jsonl lacks (this rank's share), then write the reports."""
     from tracenas.models import get_adapter, load_model
-    from tracenas.device import resolve_device, resolve_dtype, using_threads
+    from tracenas.runtime.device import resolve_device, resolve_dtype, using_threads
 
     cfg = cfg.resolved()
     out = Path(cfg.out)
@@ -132,7 +133,7 @@ def run_validation(cfg: ValidateConfig, *, model: nn.Module | None = None, token
 def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank, world, progress,
              dtype: torch.dtype) -> None:
     from tracenas import data
-    from tracenas.evaluate import perplexity
+    from tracenas.runtime.perplexity import perplexity
 
     path = out / "candidates.jsonl"
     recs = Records(read_records(path), candidates)

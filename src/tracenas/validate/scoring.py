@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tracenas import proxy as proxy_mod
-from tracenas import zero_cost
+from tracenas.proxies import traces as proxy_mod
+from tracenas.proxies import zero_cost
 from tracenas.arch import Genome, SearchSpace
-from tracenas.errors import TracenasError
-from tracenas.masking import Importance, LayerSelection, compute_importance, head_rows, masked, select
+from tracenas.runtime.errors import TracenasError
+from tracenas.prune.masking import Importance, LayerSelection, compute_importance, head_rows, masked, select
 from tracenas.models.adapter import ATTN_PROJ, MLP_PROJ, ModelAdapter
-from tracenas.proxy import PHI, TracePass, TraceProbes, Traces, cosine, pearson
-from tracenas.proxy_registry import NEEDS, get_proxy
+from tracenas.proxies.traces import PHI, TracePass, TraceProbes, Traces, cosine, pearson
+from tracenas.proxies.registry import NEEDS, get_proxy
 from tracenas.validate.config import VARIANTS, ValidateConfig, _ints
 
 log = logging.getLogger("tracenas.validate")  # one logger for the package: log lines name it as before the split

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracenas.errors import TracenasError
-from tracenas.masking import LayerSelection, slice_model
+from tracenas.runtime.errors import TracenasError
+from tracenas.prune.masking import LayerSelection, slice_model
 from tracenas.models.adapter import ModelAdapter
-from tracenas.proxy import causal_lm_loss
-from tracenas.recover import param_groups
+from tracenas.proxies.traces import causal_lm_loss
+from tracenas.runtime.optim import param_groups
 
 
 def short_recover(model: nn.Module, train_tokens: torch.Tensor, steps: int, lr: float, *, batch_size: int | None = None,
@@ -80,7 +80,7 @@ def ground_truth(model: nn.Module, adapter: ModelAdapter, selection: list[LayerS
     `model` should hold fp32 weights (the candidate is sliced from them and trained in fp32); `autocast`
     runs the recovery and eval matmuls in that dtype.
     """
-    from tracenas.evaluate import perplexity
+    from tracenas.runtime.perplexity import perplexity
 
     t0 = time.perf_counter()
     small = slice_model(model, adapter, selection).float()

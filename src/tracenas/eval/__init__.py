@@ -1,0 +1,1 @@
+"""The eval stage: held-out perplexity and lm-evaluation-harness tasks (local JSONL tasks work offline)."""

@@ -1,0 +1,2 @@
+"""Model surgery: importance and masks, the one removal rule, physical slicing, activation checkpointing,
+least-squares reconstruction of kept weights, and the sparsity-level database built from it."""
