@@ -203,13 +203,14 @@ def test_fine_tuned_sliced_candidate_keeps_its_pruned_shape(tmp_path):
 
 def test_export_of_a_darwinlm_run_is_the_assembled_candidate(tiny_model_dir, tmp_path):
     from tracenas.export.checkpoint import export_run
+    from tracenas.export.config import ExportConfig
     from tracenas.models.pruned import load_pruned
     from tracenas.models.loading import load_model
 
     out = tmp_path / "run"
     run_search(SearchConfig(model=str(tiny_model_dir), out=str(out), **{**TINY, "iterations": 1}), progress=False)
     arch = json.loads((out / "arch.json").read_text())
-    path = export_run(out)
+    path = export_run(ExportConfig(run_dir=str(out)))
     small = load_pruned(path)
     model, _, _ = load_model(str(tiny_model_dir), dtype=torch.float32, device="cpu", with_tokenizer=False)
     adapter = get_adapter(model)
@@ -219,12 +220,10 @@ def test_export_of_a_darwinlm_run_is_the_assembled_candidate(tiny_model_dir, tmp
         torch.testing.assert_close(small(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
     assert sum(p.numel() for p in small.parameters()) == arch["params"]
     record = json.loads((out / "history.jsonl").read_text().splitlines()[1])  # any evaluated candidate, by its levels
-    other = load_pruned(export_run(out, candidate=1))
+    other = load_pruned(export_run(ExportConfig(run_dir=str(out), candidate=1)))
     assert sum(p.numel() for p in other.parameters()) == record["params"]
     with pytest.raises(TracenasError, match="reconstructed"):
-        from tracenas.prune.reconstruct import ReconstructSettings
-
-        export_run(out, out=tmp_path / "again", reconstruction=ReconstructSettings())
+        export_run(ExportConfig(run_dir=str(out), out=str(tmp_path / "again"), reconstruct="dense"))
 
 
 def test_presets_and_flags():
@@ -269,12 +268,13 @@ def test_two_ranks_equal_one(tiny_model_dir, tmp_path):
 
 
 def test_run_pipeline_with_darwinlm_exports_recovers_evaluates_and_reports_the_cost(tiny_model_dir, tmp_path):
-    from tracenas.pipeline.runner import RunConfig, run_pipeline
+    from tracenas.pipeline.config import RunConfig
+    from tracenas.pipeline.runner import run_pipeline
 
     out = tmp_path / "run"
     knobs = {k: TINY[k] for k in ("num_sequences", "seq_len", "offspring", "survivors", "stage_tokens",
                                   "finetune_tokens", "budget", "budget_tolerance", "min_layers")}
-    cfg = RunConfig(model=str(tiny_model_dir), out=str(out), strategy="darwinlm", iterations=2, threads=1,
+    cfg = RunConfig.from_flags(model=str(tiny_model_dir), out=str(out), strategy="darwinlm", iterations=2, threads=1,
                     recover_tokens="2k", recover_seq_len=32, ppl_max_tokens=512, bench_prompt_len=16, bench_gen_len=4,
                     bench_trials=1, **knobs)
     run_pipeline(cfg, progress=False)

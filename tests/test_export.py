@@ -19,6 +19,7 @@ from tracenas.runtime.config import format_count
 from tracenas.cli import main
 from tracenas.runtime.errors import RunDirError, TracenasError
 from tracenas.export.checkpoint import export_pruned, export_run
+from tracenas.export.config import ExportConfig
 from tracenas.models.pruned import load_pruned
 from tracenas.prune.masking import LayerSelection, compute_importance, masked, select, selection_to_list
 from tracenas.models import get_adapter
@@ -440,7 +441,7 @@ def test_model_card(run_dir, tmp_path):
     copy = tmp_path / "licensed-base"
     shutil.copytree(base_dir, copy)
     (copy / "README.md").write_text("---\nlicense: mit\nbase_model: someone/else\n---\n# a base\n")
-    path = export_run(run_dir, model_spec=str(copy))
+    path = export_run(ExportConfig(run_dir=str(run_dir), model=str(copy)))
     text = (path / "README.md").read_text()
     card = ModelCard.load(path / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
@@ -486,7 +487,7 @@ def test_export_run_out_and_model_override(run_dir, tmp_path):
     arch = json.loads((run_dir / "arch.json").read_text())
     arch["model"] = {"spec": "/nowhere/else", "path": "/nowhere/else", "gguf_file": None}
     (run_dir / "arch.json").write_text(json.dumps(arch))
-    path = export_run(run_dir, model_spec=str(base_dir), out=tmp_path / "elsewhere" / "small")
+    path = export_run(ExportConfig(run_dir=str(run_dir), model=str(base_dir), out=str(tmp_path / "elsewhere" / "small")))
     assert path == (tmp_path / "elsewhere" / "small").absolute()
     assert numel(load_pruned(path)) == arch["params"]
 
@@ -494,7 +495,7 @@ def test_export_run_out_and_model_override(run_dir, tmp_path):
 # --- clear errors ------------------------------------------------------------------------------------------
 def test_missing_run_dir(tmp_path, capsys):
     with pytest.raises(RunDirError, match="no such run directory"):
-        export_run(tmp_path / "absent")
+        export_run(ExportConfig(run_dir=str(tmp_path / "absent")))
     assert main(["export", str(tmp_path / "absent")]) == 2
     err = capsys.readouterr().err
     assert "error: no such run directory" in err and len(err.strip().splitlines()) == 1
@@ -502,7 +503,7 @@ def test_missing_run_dir(tmp_path, capsys):
 
 def test_run_dir_without_arch(tmp_path):
     with pytest.raises(RunDirError, match="no arch.json"):
-        export_run(tmp_path)
+        export_run(ExportConfig(run_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not-object", "no-selection", "bad-selection"])
@@ -522,7 +523,7 @@ def test_corrupt_arch_json(run_dir, damage):
         arch["selection"] = [{"keep": True}]
         path.write_text(json.dumps(arch))
     with pytest.raises(RunDirError, match="arch.json"):
-        export_run(run_dir)
+        export_run(ExportConfig(run_dir=str(run_dir)))
     assert not (run_dir / "model").exists()
 
 
@@ -534,11 +535,11 @@ def test_arch_for_another_model(run_dir, tmp_path):
     six = LlamaForCausalLM(LlamaConfig(**{**other.config.to_dict(), "num_hidden_layers": 6}))
     six.save_pretrained(tmp_path / "six")
     with pytest.raises(TracenasError, match="does not match model.*4 layers but the model has 6"):
-        export_run(run_dir, model_spec=str(tmp_path / "six"))
+        export_run(ExportConfig(run_dir=str(run_dir), model=str(tmp_path / "six")))
     mha = make_model("llama-mha")
     mha.save_pretrained(tmp_path / "mha")
     with pytest.raises(TracenasError, match="does not match model"):
-        export_run(run_dir, model_spec=str(tmp_path / "mha"))
+        export_run(ExportConfig(run_dir=str(run_dir), model=str(tmp_path / "mha")))
     assert not (run_dir / "model").exists()
 
 
@@ -549,7 +550,7 @@ def test_selection_disagreeing_with_arch(run_dir):
     arch["layers"][i]["mlp_width"] += 32 if arch["layers"][i]["mlp_width"] < 96 else -32
     (run_dir / "arch.json").write_text(json.dumps(arch))
     with pytest.raises(TracenasError, match=f"layer {i}: the architecture has"):
-        export_run(run_dir)
+        export_run(ExportConfig(run_dir=str(run_dir)))
 
 
 def test_base_params_mismatch(run_dir):
@@ -558,7 +559,7 @@ def test_base_params_mismatch(run_dir):
     arch["base_params"] += 1
     (run_dir / "arch.json").write_text(json.dumps(arch))
     with pytest.raises(TracenasError, match="searched on a model with"):
-        export_run(run_dir)
+        export_run(ExportConfig(run_dir=str(run_dir)))
 
 
 @pytest.mark.parametrize("problem", ["layers", "range", "groups", "empty", "hollow", "all-dropped"])

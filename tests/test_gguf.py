@@ -338,7 +338,8 @@ def test_llamacpp_default_model_q8_0_base(smollm, tmp_path):
 
 
 def test_run_gguf_option_writes_and_resumes(bpe_run, tmp_path):
-    from tracenas.pipeline.runner import RunConfig, _write_gguf
+    from tracenas.pipeline.config import RunConfig
+    from tracenas.pipeline.runner import _write_gguf
 
     assert RunConfig(gguf="q8_0").gguf == "q8_0"
     run_dir = Path(shutil.copytree(bpe_run[0], tmp_path / "run"))

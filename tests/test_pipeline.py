@@ -1,7 +1,8 @@
 import json
 
 from tracenas.cli import main
-from tracenas.pipeline.runner import RunConfig, run_pipeline
+from tracenas.pipeline.config import RunConfig
+from tracenas.pipeline.runner import run_pipeline
 
 TINY_RUN = dict(budget="0.7", budget_tolerance=0.1, population=4, elites=2, iterations=2, num_sequences=2, seq_len=32, rank=4,
                 min_layers=2, recover_tokens="2k", recover_seq_len=32, ppl_max_tokens=512, bench_prompt_len=16,
@@ -10,7 +11,7 @@ TINY_RUN = dict(budget="0.7", budget_tolerance=0.1, population=4, elites=2, iter
 
 def test_run_produces_complete_directory_and_skips_finished_stages(tiny_model_dir, tmp_path, caplog):
     out = tmp_path / "run"
-    cfg = RunConfig(model=str(tiny_model_dir), out=str(out), **TINY_RUN)
+    cfg = RunConfig.from_flags(model=str(tiny_model_dir), out=str(out), **TINY_RUN)
     run_pipeline(cfg, progress=False)
     for name in ("run.yaml", "arch.json", "history.jsonl", "search/state.json", "model/config.json",
                  "model/model.safetensors", "recover/model/config.json", "recover/recover.json",
@@ -65,15 +66,15 @@ def test_run_passes_recovery_dtype_and_defaults_the_teacher_to_the_base(tiny_mod
     from tracenas.models.defaults import DEFAULT_MODEL
 
     out = tmp_path / "run"
-    run_pipeline(RunConfig(model=str(tiny_model_dir), out=str(out), stages="search,export", **TINY_RUN), progress=False)
+    run_pipeline(RunConfig.from_flags(model=str(tiny_model_dir), out=str(out), stages="search,export", **TINY_RUN), progress=False)
     seen = []
     monkeypatch.setattr(tracenas.recover, "recover", lambda rc, progress=True: seen.append(rc))
-    run_pipeline(RunConfig(out=str(out), stages="recover", recover_dtype="bfloat16", distill=True, **TINY_RUN),
+    run_pipeline(RunConfig.from_flags(out=str(out), stages="recover", recover_dtype="bfloat16", distill=True, **TINY_RUN),
                  progress=False)
     assert (seen[0].dtype, seen[0].distill, seen[0].teacher) == ("bfloat16", True, DEFAULT_MODEL)
     # by default the recovery distills from the run's base model; --distill false is the plain next-token loss
-    run_pipeline(RunConfig(model=str(tiny_model_dir), out=str(out), stages="recover", **TINY_RUN), progress=False)
+    run_pipeline(RunConfig.from_flags(model=str(tiny_model_dir), out=str(out), stages="recover", **TINY_RUN), progress=False)
     assert (seen[1].dtype, seen[1].distill, seen[1].teacher) == ("auto", True, str(tiny_model_dir))
-    run_pipeline(RunConfig(model=str(tiny_model_dir), out=str(out), stages="recover", distill=False, **TINY_RUN),
+    run_pipeline(RunConfig.from_flags(model=str(tiny_model_dir), out=str(out), stages="recover", distill=False, **TINY_RUN),
                  progress=False)
     assert (seen[2].distill, seen[2].teacher) == (False, None)

@@ -233,7 +233,7 @@ def test_obs_without_reconstruct_is_refused(tmp_path, capsys):
 
     run_dir, _, _ = make_run_dir(tmp_path)
     assert main(["export", str(run_dir), "--importance", "obs"]) != 0
-    assert "add --reconstruct" in capsys.readouterr().err
+    assert "needs --reconstruct dense or sequential" in capsys.readouterr().err
 
 
 def test_obs_chunks_remove_the_cheapest_together():

@@ -55,8 +55,9 @@ def test_export_refuses_foreign_dirs_but_replaces_its_own(model_dir, tmp_path):
     for out in (run, tmp_path):
         with pytest.raises(TracenasError, match="refusing to replace"):
             from tracenas.export.checkpoint import export_run
+            from tracenas.export.config import ExportConfig
 
-            export_run(run, out=out)
+            export_run(ExportConfig(run_dir=str(run), out=str(out)))
     assert files(run) == before
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -260,12 +260,13 @@ def test_export_is_the_assembled_candidate_and_the_pipeline_runs(tiny_model_dir,
     from tracenas.export.checkpoint import export_run
     from tracenas.models.pruned import load_pruned
     from tracenas.models.loading import load_model
-    from tracenas.pipeline.runner import RunConfig, run_pipeline
+    from tracenas.pipeline.config import RunConfig
+    from tracenas.pipeline.runner import run_pipeline
 
     out = tmp_path / "run"
     knobs = {k: TINY[k] for k in ("num_sequences", "seq_len", "offspring", "survivors", "stage_tokens", "budget",
                                   "budget_tolerance", "min_layers", "rounds")}
-    cfg = RunConfig(model=str(tiny_model_dir), out=str(out), strategy="tyr", iterations=1, threads=1,
+    cfg = RunConfig.from_flags(model=str(tiny_model_dir), out=str(out), strategy="tyr", iterations=1, threads=1,
                     database_sequences=2, database_seq_len=48,
                     recover_tokens="2k", recover_seq_len=32, ppl_max_tokens=512, bench_prompt_len=16, bench_gen_len=4,
                     bench_trials=1, **knobs)

@@ -197,9 +197,9 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def is_done(run_dir: str | Path) -> bool:
-    """Whether `run_dir` holds its benchmark report (RUN_DIR/bench.json)."""
-    return (Path(run_dir) / "bench.json").is_file()
+def is_done(run_dir: str | Path, cfg: BenchConfig | None = None) -> bool:
+    """Whether `run_dir` holds its benchmark report (RUN_DIR/bench.json, or `cfg.out`)."""
+    return (Path(cfg.out) if cfg is not None and cfg.out else Path(run_dir) / "bench.json").is_file()
 
 
 def run_bench(model_dir: str | Path, cfg: BenchConfig | None = None) -> dict[str, Any]:

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from tracenas.runtime.config import add_config_arguments, config_from_args
-from tracenas.pipeline.runner import RunConfig
+from tracenas.pipeline.config import add_run_arguments, run_config_from_args
 
 NAME = "run"
 HELP = "search -> export -> recover -> eval -> bench in one run directory, skipping finished stages; writes report.md"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, RunConfig)
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from tracenas.pipeline.runner import run_pipeline
 
-    cfg = config_from_args(RunConfig, args)
+    cfg = run_config_from_args(args)
     run_pipeline(cfg)
     print(open(f"{cfg.out}/report.md").read())
     return 0

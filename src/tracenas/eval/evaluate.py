@@ -169,9 +169,9 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def is_done(out: str | os.PathLike) -> bool:
-    """Whether an evaluation wrote its results to `out`."""
-    return (Path(out) / "results.json").is_file()
+def is_done(out: str | os.PathLike, cfg: EvalConfig | None = None) -> bool:
+    """Whether an evaluation wrote its results to `out` (with `cfg`: to `cfg.out`)."""
+    return (Path(cfg.out if cfg is not None and cfg.out else out) / "results.json").is_file()
 
 
 def evaluate(cfg: EvalConfig, *, model: nn.Module | None = None, tokenizer=None, progress: bool = True) -> dict:

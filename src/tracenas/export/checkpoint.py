@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from tracenas.arch import ArchFile, Genome, SearchSpace
+from tracenas.export.config import FORMATS, ExportConfig
 from tracenas.runtime.config import atomic_write_text
 from tracenas.runtime.device import to_torch_dtype
 from tracenas.runtime.logs import captured_log, run_log
@@ -129,49 +130,50 @@ def export_pruned(model: nn.Module, tokenizer, selection: list[LayerSelection], 
 
 
 # --- run directories ---------------------------------------------------------------------------------------
-def is_done(run_dir: str | os.PathLike) -> bool:
-    """Whether `run_dir` holds its exported model (`RUN_DIR/model`)."""
-    return (Path(run_dir) / "model" / "config.json").is_file()
+def is_done(run_dir: str | os.PathLike, cfg: ExportConfig | None = None) -> bool:
+    """Whether the export is complete: its checkpoint (`RUN_DIR/model`, or `cfg.out`) holds a config."""
+    target = Path(cfg.out) if cfg is not None and cfg.out else Path(run_dir) / "model"
+    return (target / "config.json").is_file()
 
 
-FORMATS = ("hf", "gguf", "both")
+def run(cfg: ExportConfig) -> Path:
+    """The stage contract's entry point (`tracenas run`): `export_run` without an `export.yaml` of its own (the
+    run directory's `run.yaml` records the export's settings)."""
+    return export_run(cfg, record=False)
 
 
-def export_run(run_dir: str | os.PathLike, *, model_spec: str | None = None, arch_path: str | os.PathLike | None = None,
-               out: str | os.PathLike | None = None, dtype: str = "float32", settings: dict | None = None,
-               candidate: int | None = None, reconstruction: ReconstructSettings | None = None, fmt: str = "hf",
-               gguf_type: str = "f16") -> Path:
-    """Export the architecture in `RUN_DIR/arch.json` (or `arch_path`) to `RUN_DIR/model` (or `out`).
+def export_run(cfg: ExportConfig, *, record: bool = True) -> Path:
+    """Export the architecture in `cfg.run_dir`/arch.json (or `cfg.arch`) to `RUN_DIR/model` (or `cfg.out`).
 
-    `fmt`: `hf` (the checkpoint directory), `gguf` (one llama.cpp file, `RUN_DIR/model.gguf` or an `out` ending
-    in .gguf; see tracenas.export.gguf.writer) or `both` (the directory and the file next to it). Returns the checkpoint
-    directory, or the GGUF file for `gguf`. `RUN_DIR` may also be a checkpoint directory itself (an export or
-    a recovered model, `RUN/recover/model`): with `gguf` it is converted as it is.
-    `settings` (the resolved export options) are recorded as `export.yaml`: in RUN_DIR for the default
-    output, else inside the exported directory, so an export never writes into RUN_DIR when given `--out`.
-    `reconstruction` re-solves the kept weights on calibration text first (see `tracenas.prune.reconstruct`);
+    `cfg.format`: `hf` (the checkpoint directory), `gguf` (one llama.cpp file, `RUN_DIR/model.gguf` or an `out`
+    ending in .gguf; see tracenas.export.gguf.writer) or `both` (the directory and the file next to it). Returns
+    the checkpoint directory, or the GGUF file for `gguf`. `RUN_DIR` may also be a checkpoint directory itself (an
+    export or a recovered model, `RUN/recover/model`): with `gguf` it is converted as it is.
+    With `record`, the resolved settings are written as `export.yaml`: in RUN_DIR for the default output, else
+    inside the exported directory, so an export never writes into RUN_DIR when given `out`.
+    `cfg.reconstruct` re-solves the kept weights on calibration text first (see `tracenas.prune.reconstruct`);
     the checkpoint then also holds `reconstruction.json` (per-layer output errors before and after).
     """
-    if fmt not in FORMATS:
-        raise TracenasError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if (Path(run_dir) / "config.json").is_file() and not (Path(run_dir) / "arch.json").is_file() and arch_path is None:
-        if fmt != "gguf":
+    run_dir, out = Path(cfg.run_dir), cfg.out
+    reconstruction = cfg.reconstruction()  # bad options fail before anything is read
+    if (run_dir / "config.json").is_file() and not (run_dir / "arch.json").is_file() and cfg.arch is None:
+        if cfg.format != "gguf":
             raise TracenasError(f"{run_dir} is a model checkpoint, not a run directory: it can only be converted "
                                 "with --format gguf")
         from tracenas.export.gguf.writer import export_checkpoint
 
-        return export_checkpoint(run_dir, out, qtype=gguf_type)
-    args = (model_spec, arch_path, out, dtype, settings)
+        return export_checkpoint(run_dir, out, qtype=cfg.gguf_type)
+    job = _ExportJob(cfg, reconstruction, dataclasses.asdict(cfg) if record else None)
     if out is None:  # RUN_DIR/export.log
-        if not Path(run_dir).is_dir():
+        if not run_dir.is_dir():
             raise RunDirError(f"no such run directory: {run_dir}")
         # RunDirGuard: a failed export leaves no new export.log behind
         with RunDirGuard(run_dir), run_log(run_dir, "export"):
-            return _export_run(Path(run_dir), *args, None, candidate, reconstruction, fmt, gguf_type)
-    if fmt == "gguf" and Path(out).suffix != ".gguf":
+            return job.run(None)
+    if cfg.format == "gguf" and Path(out).suffix != ".gguf":
         raise TracenasError(f"--out for --format gguf names the .gguf file to write, got {out}")
     with captured_log() as lines:  # written into OUT with the model: nothing goes into RUN_DIR
-        return _export_run(Path(run_dir), *args, lines, candidate, reconstruction, fmt, gguf_type)
+        return job.run(lines)
 
 
 def read_candidate(run_dir: Path, index: int) -> dict:
@@ -185,103 +187,141 @@ def read_candidate(run_dir: Path, index: int) -> dict:
     return records[index]
 
 
-def _export_run(run_dir: Path, model_spec: str | None, arch_path: str | os.PathLike | None,
-                out: str | os.PathLike | None, dtype: str, settings: dict | None, lines,
-                candidate: int | None = None, reconstruction: ReconstructSettings | None = None, fmt: str = "hf",
-                gguf_type: str = "f16") -> Path:
-    import yaml
+class _ExportJob:
+    """One export, step by step: read the architecture, load the base model, choose what is kept, check it against
+    the model, re-solve, write (GGUF and/or checkpoint, and `export.yaml`)."""
 
-    from tracenas.models.loading import load_model, public_source
+    def __init__(self, cfg: ExportConfig, reconstruction: ReconstructSettings | None, settings: dict | None):
+        self.cfg, self.reconstruction, self.settings = cfg, reconstruction, settings
+        self.run_dir = Path(cfg.run_dir)
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir() and (arch_path is None or out is None):
-        raise RunDirError(f"no such run directory: {run_dir}")
-    arch_file = ArchFile.read(arch_path or run_dir / "arch.json")
-    arch = arch_file.to_dict()
-    try:
-        genome = Genome.from_dict(arch["genome"])
-        selection = selection_from_list(arch["selection"])
-    except (KeyError, TypeError, ValueError, TracenasError) as err:
-        raise RunDirError(f"arch.json is corrupt: malformed genome or selection ({err})") from err
-    to_torch_dtype(dtype)
-    chosen = None
-    if candidate is not None:  # a scored candidate of the history instead of the best
-        chosen = read_candidate(run_dir, candidate)
-        genome = Genome.from_dict(chosen["genome"])
-    default = "model" if candidate is None else f"model-candidate-{candidate}"
-    target = Path(out) if out is not None else run_dir / default
-    if fmt != "gguf":
-        check_export_target(target.expanduser().absolute())
-    spec = model_spec or arch_file.source_spec()
-    log.info("loading base model %s", spec or "(default)")
-    tie = bool(arch_file.model.get("tie_embeddings"))  # as the search loaded it
-    model, _, source = load_model(spec, dtype=torch.float32, device="cpu", with_tokenizer=False, tie_embeddings=tie)
-    adapter = get_adapter(model)
-    space = SearchSpace(adapter.shape(), min_layers=1)
-    if chosen is not None and chosen.get("levels") is None:
-        from tracenas.prune.anchor import ANCHOR, load_anchor
+    def run(self, lines) -> Path:
+        cfg = self.cfg
+        if not self.run_dir.is_dir() and (cfg.arch is None or cfg.out is None):
+            raise RunDirError(f"no such run directory: {self.run_dir}")
+        self._read_arch()
+        to_torch_dtype(cfg.dtype)
+        default = "model" if cfg.candidate is None else f"model-candidate-{cfg.candidate}"
+        self.target = Path(cfg.out) if cfg.out is not None else self.run_dir / default
+        if cfg.format != "gguf":
+            check_export_target(self.target.expanduser().absolute())
+        self._load_model()
+        self._choose_selection()
+        self._check_against_model()
+        self.tokenizer = _load_tokenizer(self.source)
+        files: dict[str, str] = {}
+        if self.reconstruction is not None:
+            rec = reconstruct_model_(self.model, self.adapter, self.selection, self.tokenizer, self.reconstruction)
+            self.selection = rec.selection
+            files["reconstruction.json"] = json.dumps(reconstruction_record(rec, self.reconstruction), indent=2) + "\n"
+        if cfg.format in ("gguf", "both"):
+            gguf_file = self._write_gguf()
+            if cfg.format == "gguf":
+                if self.settings is not None and cfg.out is None:
+                    atomic_write_text(self.run_dir / "export.yaml", self._record(gguf_file))
+                return gguf_file
+        return self._write_checkpoint(files, lines)
 
-        if not (run_dir / ANCHOR).is_file():
-            raise RunDirError(f"no {ANCHOR} in {run_dir}: --candidate needs the search's saved importance")
-        selection = select(space, genome, load_anchor(run_dir / ANCHOR)[0])
-        arch = {**arch, "layers": None, "score": chosen.get("score"), "memory_bytes": None, "flops_per_token": None}
-    levels = (chosen or arch).get("levels")
-    if levels is not None:  # a darwinlm architecture: the database's kept units and re-solved weights
-        selection = _apply_levels(run_dir, arch, levels, model, adapter, reconstruction)
-        arch = {**arch, "layers": None}
-    try:
-        if genome.num_layers != space.shape.num_layers:
-            raise TracenasError(f"the genome has {genome.num_layers} layers but the model has "
-                                f"{space.shape.num_layers}")
-        check_selection(adapter, selection)
-        if isinstance(arch.get("layers"), list):
-            check_layers(arch["layers"], selection)
-        else:
-            check_genome(space, genome, selection)
-    except RunDirError:
-        raise
-    except TracenasError as err:
-        raise TracenasError(f"arch.json does not match model {source.spec}: {err}") from err
-    base = arch.get("base_params")
-    if base is not None and int(base) != space.base_params():
-        raise TracenasError(f"arch.json was searched on a model with {int(base):,} parameters but {source.spec} "
-                            f"has {space.base_params():,}; pass the same --model as the search")
-    tokenizer = _load_tokenizer(source)
-    files: dict[str, str] = {}
-    if reconstruction is not None:
-        rec = reconstruct_model_(model, adapter, selection, tokenizer, reconstruction)
-        selection = rec.selection
-        files["reconstruction.json"] = json.dumps(reconstruction_record(rec, reconstruction), indent=2) + "\n"
-    if fmt in ("gguf", "both"):
+    def _read_arch(self) -> None:
+        self.arch_file = ArchFile.read(self.cfg.arch or self.run_dir / "arch.json")
+        self.arch = self.arch_file.to_dict()
+        try:
+            self.genome = Genome.from_dict(self.arch["genome"])
+            self.selection = selection_from_list(self.arch["selection"])
+        except (KeyError, TypeError, ValueError, TracenasError) as err:
+            raise RunDirError(f"arch.json is corrupt: malformed genome or selection ({err})") from err
+        self.chosen = None
+        if self.cfg.candidate is not None:  # a scored candidate of the history instead of the best
+            self.chosen = read_candidate(self.run_dir, self.cfg.candidate)
+            self.genome = Genome.from_dict(self.chosen["genome"])
+
+    def _load_model(self) -> None:
+        from tracenas.models.loading import load_model
+
+        spec = self.cfg.model or self.arch_file.source_spec()
+        log.info("loading base model %s", spec or "(default)")
+        tie = bool(self.arch_file.model.get("tie_embeddings"))  # as the search loaded it
+        self.model, _, self.source = load_model(spec, dtype=torch.float32, device="cpu", with_tokenizer=False,
+                                                tie_embeddings=tie)
+        self.adapter = get_adapter(self.model)
+        self.space = SearchSpace(self.adapter.shape(), min_layers=1)
+
+    def _choose_selection(self) -> None:
+        """What each kept block keeps: the best's recorded selection, a history candidate's selection re-derived
+        from the search's importance anchor, or a level-based architecture's database levels."""
+        if self.chosen is not None and self.chosen.get("levels") is None:
+            from tracenas.prune.anchor import ANCHOR, load_anchor
+
+            if not (self.run_dir / ANCHOR).is_file():
+                raise RunDirError(f"no {ANCHOR} in {self.run_dir}: --candidate needs the search's saved importance")
+            self.selection = select(self.space, self.genome, load_anchor(self.run_dir / ANCHOR)[0])
+            self.arch = {**self.arch, "layers": None, "score": self.chosen.get("score"), "memory_bytes": None,
+                         "flops_per_token": None}
+        levels = (self.chosen or self.arch).get("levels")
+        if levels is not None:  # a darwinlm architecture: the database's kept units and re-solved weights
+            self.selection = _apply_levels(self.run_dir, self.arch, levels, self.model, self.adapter,
+                                           self.reconstruction)
+            self.arch = {**self.arch, "layers": None}
+
+    def _check_against_model(self) -> None:
+        genome, space, arch = self.genome, self.space, self.arch
+        try:
+            if genome.num_layers != space.shape.num_layers:
+                raise TracenasError(f"the genome has {genome.num_layers} layers but the model has "
+                                    f"{space.shape.num_layers}")
+            check_selection(self.adapter, self.selection)
+            if isinstance(arch.get("layers"), list):
+                check_layers(arch["layers"], self.selection)
+            else:
+                check_genome(space, genome, self.selection)
+        except RunDirError:
+            raise
+        except TracenasError as err:
+            raise TracenasError(f"arch.json does not match model {self.source.spec}: {err}") from err
+        base = arch.get("base_params")
+        if base is not None and int(base) != space.base_params():
+            raise TracenasError(f"arch.json was searched on a model with {int(base):,} parameters but "
+                                f"{self.source.spec} has {space.base_params():,}; pass the same --model as the search")
+
+    def _write_gguf(self) -> Path:
         from tracenas.export.gguf.writer import check_expressible, gguf_path, write_gguf
 
-        check_expressible(model)  # before any slicing or writing: one line, nothing written
-        small = slice_model(model, adapter, selection).eval()
-        gguf_file = write_gguf(small, gguf_path(target.expanduser().absolute()), qtype=gguf_type,
-                               source_gguf=Path(source.path) / source.gguf_file if source.gguf_file else None,
-                               hf_tokenizer=tokenizer, name=f"{run_dir.absolute().name} (tracenas)")
-        del small
-        if fmt == "gguf":
-            if settings is not None and out is None:
-                atomic_write_text(run_dir / "export.yaml", yaml.safe_dump(dict(settings, output=str(gguf_file)),
-                                                                          sort_keys=False))
-            return gguf_file
-    public = public_source(source)
-    card = {"source_model": public.name, "base_model": public.base_model, "license": public.license,
-            "proxy": arch.get("proxy"), "strategy": arch.get("strategy"), "budget": arch.get("budget"),
-            "budget unit": (arch.get("budget_metric") or {}).get("kind", "params"),
-            "serving memory (bytes)": arch.get("memory_bytes"), "FLOPs per token": arch.get("flops_per_token"),
-            "score": arch.get("score"), "candidate": candidate, "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
-            "weight reconstruction": reconstruction.describe() if reconstruction is not None else None,
-            "run directory": run_dir.absolute().name}
-    record = yaml.safe_dump(dict(settings, output=str(target)), sort_keys=False) if settings is not None else None
-    inside = dict(files)
-    if out is not None:
-        inside |= {"export.log": lines.getvalue()} | ({"export.yaml": record} if record is not None else {})
-    path = export_pruned(model, tokenizer, selection, target, dtype=dtype, card=card, extra_files=inside)
-    if record is not None and out is None:
-        atomic_write_text(run_dir / "export.yaml", record)
-    return path
+        check_expressible(self.model)  # before any slicing or writing: one line, nothing written
+        small = slice_model(self.model, self.adapter, self.selection).eval()
+        source = self.source
+        return write_gguf(small, gguf_path(self.target.expanduser().absolute()), qtype=self.cfg.gguf_type,
+                          source_gguf=Path(source.path) / source.gguf_file if source.gguf_file else None,
+                          hf_tokenizer=self.tokenizer, name=f"{self.run_dir.absolute().name} (tracenas)")
+
+    def _record(self, output: Path) -> str:
+        import yaml
+
+        return yaml.safe_dump(dict(self.settings, output=str(output)), sort_keys=False)
+
+    def _card(self) -> dict:
+        from tracenas.models.loading import public_source
+
+        arch, genome, public = self.arch, self.genome, public_source(self.source)
+        return {"source_model": public.name, "base_model": public.base_model, "license": public.license,
+                "proxy": arch.get("proxy"), "strategy": arch.get("strategy"), "budget": arch.get("budget"),
+                "budget unit": (arch.get("budget_metric") or {}).get("kind", "params"),
+                "serving memory (bytes)": arch.get("memory_bytes"), "FLOPs per token": arch.get("flops_per_token"),
+                "score": arch.get("score"), "candidate": self.cfg.candidate,
+                "layers kept": f"{sum(genome.keep)} / {genome.num_layers}",
+                "weight reconstruction": self.reconstruction.describe() if self.reconstruction is not None else None,
+                "run directory": self.run_dir.absolute().name}
+
+    def _write_checkpoint(self, files: dict[str, str], lines) -> Path:
+        cfg = self.cfg
+        record = self._record(self.target) if self.settings is not None else None
+        inside = dict(files)
+        if cfg.out is not None:
+            inside |= {"export.log": lines.getvalue()} | ({"export.yaml": record} if record is not None else {})
+        path = export_pruned(self.model, self.tokenizer, self.selection, self.target, dtype=cfg.dtype,
+                             card=self._card(), extra_files=inside)
+        if record is not None and cfg.out is None:
+            atomic_write_text(self.run_dir / "export.yaml", record)
+        return path
 
 
 def _apply_levels(run_dir: Path, arch: dict, levels: dict, model: nn.Module, adapter: ModelAdapter,
@@ -326,5 +366,5 @@ def _load_tokenizer(source):
         return None
 
 
-__all__ = ["FORMATS", "is_done", "read_candidate", "check_genome", "check_layers", "check_selection", "export_pruned",
-           "export_run"]
+__all__ = ["FORMATS", "ExportConfig", "is_done", "read_candidate", "check_genome", "check_layers", "check_selection",
+           "export_pruned", "export_run", "run"]

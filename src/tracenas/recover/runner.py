@@ -322,9 +322,9 @@ class Recovery:
             return self.finalize()
 
 
-def is_done(out: str | os.PathLike) -> bool:
-    """Whether the recovery in `out` ran every step (its `recover.json` says so)."""
-    path = Path(out) / "recover.json"
+def is_done(out: str | os.PathLike, cfg: RecoverConfig | None = None) -> bool:
+    """Whether the recovery in `out` (with `cfg`: in `cfg.out`) ran every step (its `recover.json` says so)."""
+    path = Path(cfg.out if cfg is not None else out) / "recover.json"
     return path.is_file() and bool(json.loads(path.read_text()).get("completed"))
 
 

@@ -152,30 +152,37 @@ def normalize_memory_budget(budget: str | float | int) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the dataclass `cls` (`--name-with-dashes`), except `skip` and fields marked cli=False."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or f.metadata.get("cli") is False:
             continue
-        tp = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _late(f.metadata.get("help", ""))}
         default = f.default if f.default is not dataclasses.MISSING else None
-        if default is not None and default != "":
-            kw["help"] += f" (default: {default})"
-        if "choices" in f.metadata:
-            kw["choices"] = _late(f.metadata["choices"])
-        if tp is bool:
-            kw["type"] = _str2bool
-            kw["nargs"] = "?"
-            kw["const"] = True
-            kw["metavar"] = "BOOL"
-        elif tp is float:
-            kw["type"] = finite_float
-        elif tp in (int, str):
-            kw["type"] = tp
-        else:
-            kw["type"] = str
-        parser.add_argument(flag, **kw)
+        field_argument(parser, f.name, f, hints[f.name], default)
+
+
+def field_argument(parser: argparse.ArgumentParser, dest: str, f: dataclasses.Field, hint: Any, default: Any,
+                   prefix: str = "") -> None:
+    """The flag `--dest` for dataclass field `f` (its help, choices and type), stating `default`."""
+    tp = _base_type(hint)
+    kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS,
+                          "help": prefix + _late(f.metadata.get("help", ""))}
+    if default is not None and default != "":
+        kw["help"] += f" (default: {default})"
+    if "choices" in f.metadata:
+        kw["choices"] = _late(f.metadata["choices"])
+    if tp is bool:
+        kw["type"] = _str2bool
+        kw["nargs"] = "?"
+        kw["const"] = True
+        kw["metavar"] = "BOOL"
+    elif tp is float:
+        kw["type"] = finite_float
+    elif tp in (int, str):
+        kw["type"] = tp
+    else:
+        kw["type"] = str
+    parser.add_argument("--" + dest.replace("_", "-"), **kw)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:

@@ -446,9 +446,10 @@ def _write_arch(out: Path, cfg: SearchConfig, space: SearchSpace, importance: Im
     atomic_write_text(out / "arch.json", af.to_json() + "\n")
 
 
-def is_done(out: str | os.PathLike, iterations: int | None = None) -> bool:
-    """Whether the search in `out` has finished (at least `iterations` generations, when given)."""
+def is_done(out: str | os.PathLike, cfg: SearchConfig | None = None) -> bool:
+    """Whether the search in `out` has finished (with `cfg`: at least the generations its strategy runs)."""
     out = Path(out)
+    iterations = None if cfg is None else strategy_class(cfg.strategy).config_from(cfg.resolved()).iterations
     summary, state = out / "search" / "summary.json", out / STATE
     if not (summary.exists() and state.exists() and (out / "arch.json").exists()):
         return False
@@ -458,4 +459,9 @@ def is_done(out: str | os.PathLike, iterations: int | None = None) -> bool:
     return iterations is None or saved["generation"] >= iterations
 
 
-__all__ = ["SearchRecipe", "SearchResult", "is_done", "run_search", "saved_candidates", "Genome"]
+def run(cfg: SearchConfig, *, progress: bool = True) -> SearchResult:
+    """The stage contract's entry point: run the search, resuming what `cfg.out` already holds."""
+    return run_search(dataclasses.replace(cfg, resume=saved_candidates(Path(cfg.out)) > 0), progress=progress)
+
+
+__all__ = ["SearchRecipe", "SearchResult", "is_done", "run", "run_search", "saved_candidates", "Genome"]

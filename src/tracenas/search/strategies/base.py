@@ -153,6 +153,12 @@ class SearchStrategy(ABC):
             self.step()
         return self.best()
 
+    @classmethod
+    def cost_lines(cls, cost: dict) -> list[str]:
+        """Report lines for what this strategy's search cost beyond scoring candidates (`arch.json`'s
+        `search_cost`: training, supernets, ...); none by default."""
+        return []
+
     def best(self) -> Candidate | None:
         """Best finite-scored in-budget genome ever scored (elites are carried, so it is in the population)."""
         return self.state.best()

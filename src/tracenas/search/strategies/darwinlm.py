@@ -265,6 +265,17 @@ class DarwinLMSearch(SearchStrategy):
     """(1+λ) evolution with multistep, training-aware selection. Hooks: `on_evaluated(levels, role, task,
     fitness, info)` after each fitness evaluation, `on_stage(state)` after each stage, `on_generation(state)`."""
 
+    @classmethod
+    def cost_lines(cls, cost: dict) -> list[str]:
+        """A training-aware search is charged for its training too."""
+        return [f"- fitness evaluations: {cost['candidate_evaluations']:,} (each fine-tunes a sliced candidate, then "
+                f"scores it by KL to the base model)",
+                f"- fine-tuning: {cost['finetune_tokens']:,} tokens in {cost['finetune_steps']:,} AdamW steps; "
+                f"scoring: {cost['eval_tokens']:,} tokens",
+                f"- search wall time over all sessions: {cost['wall_seconds']:.0f} s (candidates "
+                f"{cost['candidate_seconds']:.0f} s; database built this session in "
+                f"{cost['database_seconds_this_session']:.0f} s)"]
+
     recipe = "tracenas.search.recipes.darwinlm:DarwinLMRecipe"  # the run's torch side (see search.runner.recipe_class)
     max_flips = 3  # mutation: min(randint(1, max_flips), randint(1, max_flips)) level switches
 

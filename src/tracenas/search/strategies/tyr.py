@@ -189,6 +189,16 @@ class TyrSearch(DarwinLMSearch):
     """Rounds of supernet evolution. Hooks: those of `DarwinLMSearch`, plus `on_round(round, level_space)`
     called before the first generation a session runs in a round (build or open that round's supernet)."""
 
+    @classmethod
+    def cost_lines(cls, cost: dict) -> list[str]:
+        """Supernets built per round, no training."""
+        return [f"- fitness evaluations: {cost['candidate_evaluations']:,} (each assembles a candidate from its "
+                f"round's supernet and scores it by KL to the base model); scoring: {cost['eval_tokens']:,} tokens",
+                f"- supernets: {cost['rounds']} rounds, {cost['supernet_bytes'] / 1e6:,.1f} MB on disk, built this "
+                f"session in {cost['supernet_seconds_this_session']:.0f} s",
+                f"- search wall time over all sessions: {cost['wall_seconds']:.0f} s (candidates "
+                f"{cost['candidate_seconds']:.0f} s)"]
+
     recipe = "tracenas.search.recipes.tyr:TyrRecipe"
 
     def __init__(self, cfg: TyrConfig, space: SearchSpace, budget: int, evaluate: EvaluateFn) -> None:
