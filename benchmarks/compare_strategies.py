@@ -26,8 +26,8 @@ The unpruned model is evaluated the same three ways (OUT/dense), the table's ref
 
 Everything is skipped when its outputs exist, so a rerun resumes and `--table` prints. Commands run as
 subprocesses, `--jobs` at a time, at `--threads` threads each. Results: OUT/results.json, and with `--save FILE`
-the figures of every finished run merged into a records file after each run (the README's tables are printed from
-benchmarks/results/compare-cpu.jsonl); the table: `benchmarks/compare_table.py OUT` (or FILE).
+the figures of every finished run merged into a records file after each run (docs/comparison.md's tables are printed
+from benchmarks/results/compare-cpu.jsonl); the table: `benchmarks/compare_table.py OUT` (or FILE).
 """
 
 from __future__ import annotations
@@ -239,8 +239,8 @@ class Bench:
         shutil.copytree(src, out, ignore=lambda d, names: [n for n in names if n in skip])
 
     def save_records(self, path: Path) -> None:
-        """`--save FILE`: merge every finished run (and the dense figures) into the records file the README's
-        tables are printed from, after each run, so that no finished figure depends on this machine surviving."""
+        """`--save FILE`: merge every finished run (and the dense figures) into the records file that
+        docs/comparison.md's tables are printed from, after each run, so that no finished figure depends on this machine surviving."""
         from compare_table import dense, runs, save_records
 
         with self._records_lock:
@@ -337,7 +337,7 @@ def main() -> None:
                          "its recovery settings, e.g. --recover-dtype)")
     ap.add_argument("--save", type=Path, default=None, metavar="FILE.jsonl",
                     help="after every run, merge the finished runs into this records file (compare_table.py --save; "
-                         "the README's figures live in benchmarks/results/compare-cpu.jsonl)")
+                         "docs/comparison.md's figures live in benchmarks/results/compare-cpu.jsonl)")
     ap.add_argument("--table", action="store_true", help="only print the table of what is done")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

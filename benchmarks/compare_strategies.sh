@@ -2,9 +2,9 @@
 # Issue 18's whole protocol on the embedded default model: every strategy row of compare_strategies.py through the
 # same export -> recovery -> evaluation, at 60 % with 3 seeds and at 80 % with 1 seed, then the table.
 #   bash benchmarks/compare_strategies.sh [OUT_ROOT] [compare_strategies.py flags...]
-#   bash benchmarks/compare_strategies.sh runs/compare --jobs 2        # the CPU table of the README (float32)
+#   bash benchmarks/compare_strategies.sh runs/compare --jobs 2        # the CPU table of docs/comparison.md (float32)
 # Every finished stage is skipped, so rerunning resumes (and, once all is done, only prints the table).
-# The proxy table of the README's earlier releases came from the first version of this script:
+# The end-to-end proxy table of docs/proxy-validation.md came from the first version of this script:
 #   git show 9403e9f:benchmarks/compare_strategies.sh
 set -euo pipefail
 root=${1:-runs/compare}; shift || true

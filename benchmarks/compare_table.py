@@ -3,7 +3,7 @@
     python benchmarks/compare_table.py runs/compare
     python benchmarks/compare_table.py runs/compare runs/compare-gpu --json table.json
     python benchmarks/compare_table.py runs/compare --save benchmarks/results/compare-cpu.jsonl   # keep the figures
-    python benchmarks/compare_table.py benchmarks/results/compare-cpu.jsonl --update README.md docs/comparison.md
+    python benchmarks/compare_table.py benchmarks/results/compare-cpu.jsonl --update docs/comparison.md
 
 Reads every finished run directory OUT/b<budget>/s<seed>/<row> (arch.json, search/summary.json and its evals;
 `compare_strategies.collect`), so it also shows runs whose results.json was not yet written. One row per
@@ -16,7 +16,7 @@ saying so where the two differ, and with several seeds the winner of each seed. 
 
 A source is a run root or a `.jsonl` file of records that `--save` wrote: one line per finished run (and per dense
 model) with the figures above, so the table outlives the run directories (checkpoints are gigabytes; the
-records are what the README's tables are printed from, committed under benchmarks/results/). `--save` merges:
+records are what docs/comparison.md's tables are printed from, committed under benchmarks/results/). `--save` merges:
 a record of the same (model, device, recovery dtype, budget, row, export, seed) is replaced.
 """
 
@@ -39,7 +39,7 @@ COLUMNS = ("zero_shot", "recovered", "zero_shot_ood", "recovered_ood", "task_rec
 
 def runs(root: Path) -> list[dict]:
     """Every finished run under `root`: OUT/b<budget>/s<seed>/<row> (compare_strategies.py), or OUT/<row> with its
-    seed in run.yaml (the layout of compare_strategies.sh and of the README's earlier replicate tables)."""
+    seed in run.yaml (the layout of compare_strategies.sh and of docs/proxy-validation.md's end-to-end tables)."""
     import yaml
 
     out = []
@@ -220,7 +220,7 @@ def per_seed_winners(rows: list[dict]) -> list[str]:
 
 
 def update(path: Path, marker: str, text: str) -> None:
-    """Replace what lies between `<!-- marker -->` and `<!-- /marker -->` in `path` (README.md, docs/) by `text`."""
+    """Replace what lies between `<!-- marker -->` and `<!-- /marker -->` in `path` (docs/comparison.md) by `text`."""
     doc = path.read_text()
     start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     if doc.count(start) != 1 or doc.count(end) != 1 or doc.index(start) > doc.index(end):

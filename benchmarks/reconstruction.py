@@ -5,7 +5,7 @@
 For each budget (default 60 % and 80 %) and architecture (the quick preset's `kl` search and uniform
 pruning), it exports the same architecture five ways: mask only (today's cut), and reconstructed with
 dense or sequential inputs, each with Wanda or OBS selection. Each export is evaluated on the held-out
-split (the `quick` eval preset, the protocol of the README's tables); `--recover` then runs the quick
+split (the `quick` eval preset, the protocol of docs/reconstruction.md's tables); `--recover` then runs the quick
 recovery (100k tokens, same data order and LR for every model) on `all` exports or on the mask-only one
 and the best reconstructed one by zero-shot perplexity (`best`), and evaluates again. It also times the
 sparsity-level database build. Every step is skipped when its outputs exist (rerun to resume or to

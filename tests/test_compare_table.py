@@ -94,7 +94,7 @@ def test_models_and_recovery_dtypes_are_separate_tables(tmp_path, compare_table)
 
 
 def test_update_replaces_only_the_marked_block(tmp_path, compare_table):
-    doc = tmp_path / "README.md"
+    doc = tmp_path / "comparison.md"
     doc.write_text("intro\n<!-- cpu-table -->\nold table\n<!-- /cpu-table -->\nafter\n")
     compare_table.update(doc, "cpu-table", "\nnew table\n")
     assert doc.read_text() == "intro\n<!-- cpu-table -->\nnew table\n<!-- /cpu-table -->\nafter\n"

@@ -53,8 +53,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         mod.register(p)
         if "--threads" not in p._option_string_actions:
             p.add_argument("--threads", type=int, default=None, metavar="N",
-                           help="CPU threads for torch (default: torch's choice, one per core); "
-                                "1 is often fastest on a small shared machine")
+                           help="CPU threads for torch (default: torch's choice, one per core)")
         handlers[mod.NAME] = mod
     return parser, handlers
 

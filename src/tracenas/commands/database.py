@@ -22,7 +22,7 @@ class DatabaseConfig:
     importance: str = opt("obs", "removal order inside each sub-block: greedy OBS or Wanda", choices=["obs", "wanda"])
     mlp_levels: int = opt(11, "MLP levels, evenly spaced from the full width to 0 and snapped to multiples of 32 "
                               "(attention: every KV-valid head count)")
-    obs_chunk: int = opt(32, "MLP channels removed per OBS step (1: strictly one at a time, slower)")
+    obs_chunk: int = opt(32, "MLP channels removed per OBS step (1: strictly one at a time)")
     damp: float = opt(0.01, "reconstruction ridge: this fraction of the mean Gram diagonal")
     calib_sequences: int = opt(16, "calibration windows")
     calib_seq_len: int = opt(512, "tokens per calibration window")

@@ -47,7 +47,7 @@ class EvalConfig:
     seed: int = opt(0, "seed for lm-eval's sampling of few-shot examples")
     offline: bool | None = opt(None, "never touch the network (default: detect; TRACENAS_OFFLINE=1 also forces it)")
     out: str | None = opt(None, "directory for results.json (nothing is written without it)")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core)")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

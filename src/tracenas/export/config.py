@@ -29,9 +29,9 @@ class ExportConfig:
     candidate: int | None = opt(None, "export this scored candidate of RUN_DIR/history.jsonl (its `index`) instead of "
                                       "the best, to RUN_DIR/model-candidate-N unless --out is given")
     reconstruct: str | None = opt(None, "re-solve the kept o_proj / down_proj weights by least squares on calibration "
-                                        "text so each block matches the dense one, on `dense` inputs or `sequential` "
-                                        "ones (each block fed by the already-pruned blocks above it); none: cut only "
-                                        "(docs/reconstruction.md)",
+                                        "text so each block matches the dense one, on `dense` inputs (each block fed by "
+                                        "the dense blocks above it) or `sequential` ones (fed by the already-pruned "
+                                        "blocks above it); none: cut only (docs/reconstruction.md)",
                                   choices=["dense", "sequential", "none"])
     importance: str | None = opt(None, "which heads / channels to keep: `wanda` (activation-weighted magnitude, as the "
                                        "search scored them; the default without --reconstruct) or `obs` (greedy OBS "

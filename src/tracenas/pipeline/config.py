@@ -66,7 +66,7 @@ class RunConfig:
     """Settings of `tracenas run`."""
 
     out: str = opt("runs/run", "run directory for every stage's outputs and report.md")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core)")
     model: str | None = opt(None, "HF id, local directory or .gguf; empty = embedded SmolLM2-135M")
     data: str | None = opt(None, "text for calibration, training and evaluation (disjoint splits); empty = embedded "
                                  "Wikipedia")

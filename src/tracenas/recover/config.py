@@ -69,7 +69,7 @@ class RecoverConfig:
     stop_after_steps: int | None = opt(None, "stop (with a checkpoint) once this many steps are done; the schedule "
                                              "still spans the whole budget, so --resume continues it")
     out: str = opt("runs/recover", "output directory (model/, checkpoints/, train_log.jsonl, loss.png, ...)")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core)")
     resume: bool = opt(False, "continue from the newest checkpoint in --out")
 
     def __post_init__(self) -> None:

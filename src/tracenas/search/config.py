@@ -136,15 +136,15 @@ class SearchConfig:
     device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
     dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
                      choices=("auto", "float32", "bfloat16", "float16"))
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core)")
     score_on: str = opt("sliced", "score each candidate on a physically sliced copy of its kept weights (compute "
                                   "scales with what it keeps) or under masks on the dense model (the reference; "
                                   "same scores up to float rounding)", choices=("sliced", "masked"))
-    compile: bool = opt(False, "torch.compile each decoder block (GPU). Sliced candidates still recompile 3-4 graphs "
-                               "per candidate, so it pays only with --score-on masked (docs/scale.md)")
+    compile: bool = opt(False, "torch.compile each decoder block (GPU); with --score-on sliced every new width is "
+                               "compiled anew (when it pays: docs/scale.md)")
     activation_checkpointing: bool = opt(False, "recompute each block's activations in backward (gradient proxies): "
-                                                "about 1.5x the trace's compute, activation memory of one block "
-                                                "instead of all (an 8B/14B search on one 80 GB GPU, docs/scale.md)")
+                                                "one more forward pass per trace, activation memory of one block "
+                                                "instead of all (memory plans: docs/scale.md)")
     resume: bool = opt(False, "continue the search saved in --out (same config required)")
 
     def __post_init__(self) -> None:

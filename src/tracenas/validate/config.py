@@ -49,7 +49,7 @@ class ValidateConfig:
     model: str | None = opt(None, "HF model id, local directory or .gguf; empty = embedded SmolLM2-135M")
     data: str | None = opt(None, "text: empty = embedded Wikipedia (calibration/train/eval splits never overlap)")
     out: str = opt("runs/validate", "run directory; rerunning on it resumes (finished records are skipped)")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core); 1 is often fastest on a small shared machine")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice, one per core)")
     preset: str = opt("quick", "quick (CPU) or paper (GPU); explicit flags override it", choices=tuple(PRESETS))
     budget: str = opt("0.6", "parameter budget of every candidate: a count (81M) or a fraction (0.6)")
     budget_tolerance: float = opt(0.02, "candidates lie in [C*(1-tol), C] parameters, as in the search")
@@ -72,7 +72,7 @@ class ValidateConfig:
     recover_seq_len: int | None = opt(None, "tokens per training sequence")
     recover_lr: float | None = opt(None, "peak AdamW learning rate of the recovery (linear warmup over a tenth of the steps, then linear decay)")
     recover_dtype: str = opt("float32", "compute of the recovery and of the ground-truth eval: float32, or bfloat16 "
-                                        "autocast (fp32 master weights; ~2x faster on CPUs with AVX512-BF16)",
+                                        "autocast (fp32 master weights)",
                              choices=("float32", "bfloat16"))
     sweep: bool = opt(False, "stability study: Φ at other calibration sizes, context lengths and ranks")
     sweep_n: str | None = opt(None, "calibration sizes N of the sweep (reference: the largest)")
