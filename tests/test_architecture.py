@@ -244,3 +244,19 @@ def test_strategies_import_without_torch():
                           "PYTHONPATH": str(SRC)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(len(names)) and len(names) >= 8
+
+
+def long_functions(limit: int = 80) -> list[str]:
+    """Functions (methods included) of the package longer than `limit` lines, docstrings included."""
+    out = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    out.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({length} lines)")
+    return out
+
+
+def test_no_function_over_eighty_lines():
+    assert long_functions() == []
