@@ -169,6 +169,34 @@ def test_cli_build_and_info(tmp_path, capsys, monkeypatch):
     assert main(["database", "info", str(tmp_path / "none")]) == 2
 
 
+def test_library_stage_guards_its_directory(tmp_path):
+    """`build(cfg)` is the stage behind `tracenas database build`: a kill keeps what can be resumed, a failure
+    before that leaves the disk as it was, and `is_done` tells a finished database with the asked settings."""
+    import dataclasses
+
+    from conftest import save_tiny
+
+    from tracenas.prune.database_stage import DatabaseConfig, build, info, is_done
+
+    base = save_tiny(tmp_path / "base", "llama-gqa")
+    cfg = DatabaseConfig(out=str(tmp_path / "db"), model=str(base), mlp_levels=3, calib_sequences=2, calib_seq_len=16)
+    killed_on_third_block(lambda: build(cfg, progress=False))
+    assert (tmp_path / "db" / "manifest.json").is_file() and not is_done(cfg.out)
+    assert "incomplete" in info(cfg.out)
+    db = build(cfg, progress=False)
+    assert db.complete and is_done(cfg.out) and is_done(cfg.out, cfg)
+    assert not is_done(cfg.out, dataclasses.replace(cfg, damp=0.02)) and not is_done(tmp_path / "none")
+    assert info(cfg.out).startswith(f"database {cfg.out} (complete)")
+    with pytest.raises(TracenasError, match="no such model"):
+        build(dataclasses.replace(cfg, out=str(tmp_path / "new" / "db"), model=str(tmp_path / "absent")))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(TracenasError, match="not empty"):
+        build(dataclasses.replace(cfg, out=str(tmp_path / "mine")), progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 def test_killed_expected_input_build_resumes_byte_identical(tokenizer, tmp_path):
     """A tyr supernet round (per-block levels, expected inputs): the resumed build rebuilds the expected stream
     from the blocks already on disk and ends byte-identical to an uninterrupted one."""
