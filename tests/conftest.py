@@ -40,6 +40,26 @@ def save_tiny(path, kind: str = "llama-gqa", num_layers: int = 4):
     return path
 
 
+def run_killed(owner, name: str, run, *, when=lambda *args: True, nth: int = 1) -> None:
+    """Run `run()` with `owner.<name>` (a module's function, or a class's method) interrupted as a kill would be:
+    its `nth` call for which `when(*call args)` holds raises KeyboardInterrupt instead of running. Fails unless
+    the run was interrupted; `owner.<name>` is itself again afterwards (the resumed run uses the real one)."""
+    real = getattr(owner, name)
+    hits = []
+
+    def dies(*args, **kwargs):
+        if when(*args, **kwargs):
+            hits.append(args)
+            if len(hits) == nth:
+                raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(owner, name, dies)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+
+
 def make_tiny(kind: str, seed: int = 0, num_layers: int = 4):
     from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                               Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny, make_tiny_tokenizer
+from conftest import make_tiny, make_tiny_tokenizer, run_killed
 
 from tracenas.arch import Levels, SearchSpace
 from tracenas.prune.database import DatabaseSpec, LevelAssembler, SparsityDatabase, build_database, levels_to_genome
@@ -108,7 +108,7 @@ def _strip(history: str) -> list[dict]:
     return [json.loads(line) for line in history.splitlines()]
 
 
-def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path, monkeypatch):
+def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path):
     full = tmp_path / "full"
     res = run_search(SearchConfig(model=str(tiny_model_dir), out=str(full), **TINY), progress=False)
     arch = json.loads((full / "arch.json").read_text())
@@ -132,21 +132,11 @@ def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path, monke
     killed = tmp_path / "killed"
     shutil.copytree(full / "database", killed / "database")  # the same database, given with --database
     cfg = {**TINY, "database": str(killed / "database")}
-    orig = darwinlm_recipe.DarwinLMRecipe._evaluate
-    seen = {"n": 0}
-
-    def die_in_gen1_stage1(self, batch, task):  # killed mid-generation, after its first stage was saved
-        if task.generation == 1 and task.stage == 1:
-            seen["n"] += 1
-            raise KeyboardInterrupt
-        return orig(self, batch, task)
-
-    monkeypatch.setattr(darwinlm_recipe.DarwinLMRecipe, "_evaluate", die_in_gen1_stage1)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), **cfg), progress=False)
-    monkeypatch.undo()
+    run_killed(darwinlm_recipe.DarwinLMRecipe, "_evaluate",  # killed mid-generation, after its first stage was saved
+               lambda: run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), **cfg), progress=False),
+               when=lambda self, batch, task: task.generation == 1 and task.stage == 1)
     state = json.loads((killed / "search/state.json").read_text())
-    assert seen["n"] == 1 and state["generation"] == 1 and state["pending"]["stage"] == 1
+    assert state["generation"] == 1 and state["pending"]["stage"] == 1
     with open(killed / "history.jsonl", "a") as fh:
         fh.write('{"index": 999}\n')  # a record the saved state does not know
     run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), resume=True, **cfg), progress=False)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_tiny, make_tiny_tokenizer
+from conftest import make_tiny, make_tiny_tokenizer, run_killed
 
 import tracenas.prune.database as database
 from tracenas.arch import SearchSpace
@@ -43,21 +43,9 @@ def files(path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
-def killed_on_third_block(monkeypatch, build_fn) -> None:
-    """Run `build_fn` with the third block write interrupted (as a kill would), then restore the writer."""
-    real = database._write_block
-    calls = []
-
-    def dies_on_third(path, i, tensors):
-        calls.append(i)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real(path, i, tensors)
-
-    monkeypatch.setattr(database, "_write_block", dies_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        build_fn()
-    monkeypatch.setattr(database, "_write_block", real)
+def killed_on_third_block(build_fn) -> None:
+    """Run `build_fn` with the third block write interrupted (as a kill would)."""
+    run_killed(database, "_write_block", build_fn, nth=3)
 
 
 def test_default_levels():
@@ -73,9 +61,9 @@ def test_default_levels():
 
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "qwen2-mha"])
-def test_killed_build_resumes_byte_identical(kind, tokenizer, tmp_path, monkeypatch):
+def test_killed_build_resumes_byte_identical(kind, tokenizer, tmp_path):
     build(kind, tmp_path / "whole", tokenizer)
-    killed_on_third_block(monkeypatch, lambda: build(kind, tmp_path / "resumed", tokenizer))
+    killed_on_third_block(lambda: build(kind, tmp_path / "resumed", tokenizer))
     assert not database.SparsityDatabase.open(tmp_path / "resumed").complete
     build(kind, tmp_path / "resumed", tokenizer)
     assert files(tmp_path / "resumed") == files(tmp_path / "whole")
@@ -181,7 +169,35 @@ def test_cli_build_and_info(tmp_path, capsys, monkeypatch):
     assert main(["database", "info", str(tmp_path / "none")]) == 2
 
 
-def test_killed_expected_input_build_resumes_byte_identical(tokenizer, tmp_path, monkeypatch):
+def test_library_stage_guards_its_directory(tmp_path):
+    """`build(cfg)` is the stage behind `tracenas database build`: a kill keeps what can be resumed, a failure
+    before that leaves the disk as it was, and `is_done` tells a finished database with the asked settings."""
+    import dataclasses
+
+    from conftest import save_tiny
+
+    from tracenas.prune.database_stage import DatabaseConfig, build, info, is_done
+
+    base = save_tiny(tmp_path / "base", "llama-gqa")
+    cfg = DatabaseConfig(out=str(tmp_path / "db"), model=str(base), mlp_levels=3, calib_sequences=2, calib_seq_len=16)
+    killed_on_third_block(lambda: build(cfg, progress=False))
+    assert (tmp_path / "db" / "manifest.json").is_file() and not is_done(cfg.out)
+    assert "incomplete" in info(cfg.out)
+    db = build(cfg, progress=False)
+    assert db.complete and is_done(cfg.out) and is_done(cfg.out, cfg)
+    assert not is_done(cfg.out, dataclasses.replace(cfg, damp=0.02)) and not is_done(tmp_path / "none")
+    assert info(cfg.out).startswith(f"database {cfg.out} (complete)")
+    with pytest.raises(TracenasError, match="no such model"):
+        build(dataclasses.replace(cfg, out=str(tmp_path / "new" / "db"), model=str(tmp_path / "absent")))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(TracenasError, match="not empty"):
+        build(dataclasses.replace(cfg, out=str(tmp_path / "mine")), progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_killed_expected_input_build_resumes_byte_identical(tokenizer, tmp_path):
     """A tyr supernet round (per-block levels, expected inputs): the resumed build rebuilds the expected stream
     from the blocks already on disk and ends byte-identical to an uninterrupted one."""
     per_block = (((3, 2, 1), (96, 64, 32)), ((2, 1, 0), (64, 32, 0)), ((3, 2), (96, 64)), ((1, 0), (32, 0)))
@@ -192,7 +208,7 @@ def test_killed_expected_input_build_resumes_byte_identical(tokenizer, tmp_path,
         return database.build_database(model, get_adapter(model), tokenizer, out, spec, progress=False)
 
     run(tmp_path / "whole")
-    killed_on_third_block(monkeypatch, lambda: run(tmp_path / "resumed"))
+    killed_on_third_block(lambda: run(tmp_path / "resumed"))
     db = run(tmp_path / "resumed")
     assert files(tmp_path / "resumed") == files(tmp_path / "whole")
     assert db.per_block == per_block and db.manifest["fingerprint"]["method"]["inputs"] == "expected"

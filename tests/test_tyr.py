@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny, make_tiny_tokenizer
+from conftest import make_tiny, make_tiny_tokenizer, run_killed
 
 from tracenas.arch import Levels, SearchSpace
 from tracenas.prune.database import DatabaseSpec, LevelAssembler, SparsityDatabase, build_database, expected_consumer_
@@ -176,7 +176,7 @@ def _comparable(out: Path) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("kill", ["mid-round", "between-rounds"])
-def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path, monkeypatch, kill):
+def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path, kill):
     from tracenas.search.recipes import tyr as tyr_recipe
 
     full = tmp_path / "full"
@@ -197,27 +197,15 @@ def test_search_outputs_and_kill_resume_identity(tiny_model_dir, tmp_path, monke
     assert all(winner["mlp"][i] in r1.table(i, "mlp") for i in range(4))
 
     killed = tmp_path / "killed"
-    if kill == "mid-round":  # generation 1 (round 0), after its first stage was saved
-        orig = tyr_recipe.TyrRecipe._evaluate
 
-        def die(self, batch, task):
-            if task.generation == 1 and task.stage == 1:
-                raise KeyboardInterrupt
-            return orig(self, batch, task)
-
-        monkeypatch.setattr(tyr_recipe.TyrRecipe, "_evaluate", die)
-    else:  # round 0 finished, round 1's supernet being built
-        orig_round = tyr_recipe.TyrRecipe._on_round
-
-        def die(self, rnd, levels):
-            if rnd == 1:
-                raise KeyboardInterrupt
-            return orig_round(self, rnd, levels)
-
-        monkeypatch.setattr(tyr_recipe.TyrRecipe, "_on_round", die)
-    with pytest.raises(KeyboardInterrupt):
+    def search():
         run_search(SearchConfig(model=str(tiny_model_dir), out=str(killed), **TINY), progress=False)
-    monkeypatch.undo()
+
+    if kill == "mid-round":  # generation 1 (round 0), after its first stage was saved
+        run_killed(tyr_recipe.TyrRecipe, "_evaluate", search,
+                   when=lambda self, batch, task: task.generation == 1 and task.stage == 1)
+    else:  # round 0 finished, round 1's supernet being built
+        run_killed(tyr_recipe.TyrRecipe, "_on_round", search, when=lambda self, rnd, levels: rnd == 1)
     state = json.loads((killed / "search/state.json").read_text())
     if kill == "mid-round":
         assert state["generation"] == 1 and state["pending"]["stage"] == 1

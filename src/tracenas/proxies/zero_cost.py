@@ -33,6 +33,7 @@ full discussion):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import weakref
@@ -132,6 +133,90 @@ def naswot_logdet(codes: torch.Tensor) -> float:
     return float(torch.linalg.slogdet(k)[1])
 
 
+def _check_reference(reference: ForwardReference | None, n: int, length: int) -> None:
+    if reference is None:
+        raise TracenasError("kl needs the base model's outputs: call tracenas.proxies.zero_cost.prepare_reference("
+                            "model, adapter, batches) on the unmasked model before scoring")
+    if tuple(reference.hidden.shape[:2]) != (n, length):
+        raise TracenasError(f"kl reference was computed on {tuple(reference.hidden.shape[:2])} tokens, "
+                            f"not on the {(n, length)} scored now")
+
+
+class _GateCodes:
+    """naswot's binary unit codes, collected by forward hooks: the sign of each kept block's MLP gate
+    pre-activation (kept channels only, given a `selection`) at the sampled token positions."""
+
+    def __init__(self, adapter: ModelAdapter, keep: tuple[bool, ...], selection: list[LayerSelection] | None,
+                 positions: torch.Tensor, device: torch.device):
+        self.positions = positions  # flattened [N*L] positions, sorted
+        self.rows: torch.Tensor | None = None  # those in the current micro-batch, flattened
+        self.codes: dict[int, list[torch.Tensor]] = {}
+        self.hooks = []
+        layers = adapter.layers()
+        for i, k in enumerate(keep):
+            if not k:
+                continue
+            gate = adapter.mlp_proj(layers[i], "gate_proj")
+            chans = None
+            if selection is not None and len(selection[i].channels) < gate.out_features:
+                chans = torch.tensor(selection[i].channels, dtype=torch.long, device=device)
+            self.hooks.append(gate.register_forward_hook(functools.partial(self._record, i, chans)))
+
+    def _record(self, i: int, chans: torch.Tensor | None, _mod, _args, out: torch.Tensor) -> None:
+        rows = self.rows
+        if rows is None or rows.numel() == 0:
+            return
+        flat = out.reshape(-1, out.shape[-1]).index_select(0, rows)
+        if chans is not None:
+            flat = flat.index_select(1, chans)
+        self.codes.setdefault(i, []).append((flat > 0).cpu())
+
+    def select(self, lo: int, hi: int, device: torch.device) -> None:
+        """The next forward pass covers flattened positions [lo, hi)."""
+        sel = self.positions[(self.positions >= lo) & (self.positions < hi)] - lo
+        self.rows = sel.to(device)
+
+    def remove(self) -> None:
+        for hk in self.hooks:
+            hk.remove()
+
+    def logdet(self) -> float:
+        blocks = [torch.cat(self.codes[i]) for i in sorted(self.codes)]
+        return naswot_logdet(torch.cat(blocks, dim=1)) if blocks else float("-inf")
+
+
+@dataclass
+class _ChunkSums:
+    """(summed NLL, summed KL(base || candidate)) of one chunk of positions: one log-softmax per chunk serves
+    both statistics; float64 sums of the float32 chunk sums (`zero` for a statistic not wanted)."""
+
+    head: nn.Module
+    reference: ForwardReference | None
+    want: tuple[str, ...]
+    kl_topk: int
+    zero: torch.Tensor
+
+    def __call__(self, h: torch.Tensor, t: torch.Tensor, *base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        head = self.head
+        logp = F.log_softmax(head_logits(h, head.weight, head.bias), dim=-1)
+        nll = self.zero
+        if "nll" in self.want:
+            nll = F.nll_loss(logp.reshape(-1, logp.shape[-1]), t.reshape(-1), reduction="sum").double()
+        kl = self.zero
+        if base:
+            w, b = self.reference.head if self.reference.head is not None else (head.weight, head.bias)
+            base_logits = head_logits(base[0].to(h.dtype), w, b)
+            if self.kl_topk:
+                top, idx = base_logits.topk(min(self.kl_topk, base_logits.shape[-1]), dim=-1)
+                base_lp = F.log_softmax(top, dim=-1)
+                cand_lp = F.log_softmax(logp.gather(-1, idx), dim=-1)
+                kl = F.kl_div(cand_lp, base_lp, log_target=True, reduction="sum").double()
+            else:
+                base_logp = F.log_softmax(base_logits, dim=-1)
+                kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum").double()
+        return nll, kl
+
+
 @torch.no_grad()
 def forward_stats(model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor, genome: Genome | None = None,
                   selection: list[LayerSelection] | None = None, *, reference: ForwardReference | None = None,
@@ -149,84 +234,33 @@ def forward_stats(model: nn.Module, adapter: ModelAdapter, batches: torch.Tensor
     device = next(model.parameters()).device
     keep = genome.keep if genome is not None else (True,) * len(adapter.layers())
     if "kl" in want:
-        if reference is None:
-            raise TracenasError("kl needs the base model's outputs: call tracenas.proxies.zero_cost.prepare_reference("
-                                "model, adapter, batches) on the unmasked model before scoring")
-        if tuple(reference.hidden.shape[:2]) != (n, length):
-            raise TracenasError(f"kl reference was computed on {tuple(reference.hidden.shape[:2])} tokens, "
-                                f"not on the {(n, length)} scored now")
-    positions = naswot_positions(n * length, naswot_tokens, naswot_seed) if "naswot" in want else None
-    codes: dict[int, list[torch.Tensor]] = {}
-    hooks = []
-    state = {"rows": None}  # positions (in the current micro-batch, flattened) sampled for naswot
-
-    if positions is not None:
-        layers = adapter.layers()
-        for i, k in enumerate(keep):
-            if not k:
-                continue
-            gate = adapter.mlp_proj(layers[i], "gate_proj")
-            chans = None
-            if selection is not None and len(selection[i].channels) < gate.out_features:
-                chans = torch.tensor(selection[i].channels, dtype=torch.long, device=device)
-
-            def hook(_mod, _args, out, i=i, chans=chans):
-                rows = state["rows"]
-                if rows is None or rows.numel() == 0:
-                    return
-                flat = out.reshape(-1, out.shape[-1]).index_select(0, rows)
-                if chans is not None:
-                    flat = flat.index_select(1, chans)
-                codes.setdefault(i, []).append((flat > 0).cpu())
-
-            hooks.append(gate.register_forward_hook(hook))
-    head = adapter.lm_head()
+        _check_reference(reference, n, length)
+    codes = None
+    if "naswot" in want:
+        codes = _GateCodes(adapter, keep, selection, naswot_positions(n * length, naswot_tokens, naswot_seed), device)
     zero = torch.zeros((), dtype=torch.float64, device=device)
-
-    def chunk_sums(h: torch.Tensor, t: torch.Tensor, *base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # one log-softmax per chunk serves both statistics; float64 sums of the float32 chunk sums
-        logp = F.log_softmax(head_logits(h, head.weight, head.bias), dim=-1)
-        nll = zero
-        if "nll" in want:
-            nll = F.nll_loss(logp.reshape(-1, logp.shape[-1]), t.reshape(-1), reduction="sum").double()
-        kl = zero
-        if base:
-            w, b = reference.head if reference.head is not None else (head.weight, head.bias)
-            base_logits = head_logits(base[0].to(h.dtype), w, b)
-            if kl_topk:
-                top, idx = base_logits.topk(min(kl_topk, base_logits.shape[-1]), dim=-1)
-                base_lp = F.log_softmax(top, dim=-1)
-                cand_lp = F.log_softmax(logp.gather(-1, idx), dim=-1)
-                kl = F.kl_div(cand_lp, base_lp, log_target=True, reduction="sum").double()
-            else:
-                base_logp = F.log_softmax(base_logits, dim=-1)
-                kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum").double()
-        return nll, kl
-
+    chunk_sums = _ChunkSums(adapter.lm_head(), reference, want, kl_topk, zero)
     sums, count = (zero, zero), 0
     try:
         for s in range(0, n, micro_batch):
             ids = batches[s:s + micro_batch].to(device)
             m = ids.shape[0]
-            if positions is not None:
-                lo, hi = s * length, (s + m) * length
-                sel = positions[(positions >= lo) & (positions < hi)] - lo
-                state["rows"] = sel.to(device)
+            if codes is not None:
+                codes.select(s * length, (s + m) * length, device)
             hidden = adapter.final_hidden(ids)[:, :-1]
             base = (reference.hidden[s:s + m, :-1],) if "kl" in want else ()
             sums = chunked_sum(chunk_sums, kl_chunk, hidden, ids[:, 1:], *base, start=sums)
             count += m * (length - 1)
     finally:
-        for hk in hooks:
-            hk.remove()
+        if codes is not None:
+            codes.remove()
     out: dict[str, float] = {}
     if "nll" in want:
         out["nll"] = float(sums[0]) / count
     if "kl" in want:
         out["kl"] = float(sums[1]) / count
-    if positions is not None:
-        blocks = [torch.cat(codes[i]) for i in sorted(codes)]
-        out["naswot"] = naswot_logdet(torch.cat(blocks, dim=1)) if blocks else float("-inf")
+    if codes is not None:
+        out["naswot"] = codes.logdet()
     return out
 
 

@@ -1,2 +1,3 @@
 """Model surgery: importance and masks, the one removal rule, physical slicing, activation checkpointing,
-least-squares reconstruction of kept weights, and the sparsity-level database built from it."""
+least-squares reconstruction of kept weights, and the sparsity-level database built from it (with the
+`database` stage around it: `database_stage`)."""

@@ -39,7 +39,7 @@ from tracenas.prune.masking import LayerSelection, head_rows, top_channels, top_
 from tracenas.models.adapter import ModelAdapter
 from tracenas.models.shape import ModelShape
 from tracenas.prune.reconstruct import (
-    IMPORTANCES, Gram, SolveSettings, block_pass, capture_block_inputs, kept_by_order,
+    IMPORTANCES, BlockInputs, Gram, SolveSettings, block_pass, capture_block_inputs, kept_by_order,
     consumer_input, obs_channel_order, obs_order, head_units, prune_attention_, prune_mlp_, run_block, solve,
 )
 
@@ -316,6 +316,94 @@ def _write_block(path: Path, i: int, tensors: dict[str, torch.Tensor]) -> None:
     os.replace(tmp, final)
 
 
+def _start(path: Path, want: dict) -> None:
+    """Check the database being resumed in `path` against the fingerprint `want`, or write the manifest of a new
+    one (in a directory holding nothing but logs and settings); then drop block files a kill left half-written."""
+    if (path / MANIFEST).is_file():
+        SparsityDatabase.open(path, expect=want)  # refuses a database built for other settings
+        log.info("resuming the database in %s", path)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        if any(p.name != MANIFEST and p.suffix not in (".tmp", ".log", ".yaml") for p in path.iterdir()):
+            raise RunDirError(f"{path} is not empty and holds no database: choose a new directory")
+        atomic_write_json(path / MANIFEST, {"fingerprint": want, "complete": False})
+    for stale in path.glob("*.tmp"):
+        stale.unlink()
+
+
+class _BlockWalk:
+    """A build's pass down the blocks, one `step(i)` per block: the calibration stream entering the next block
+    (the dense model's, and with expected inputs also the expected one) and the block's file, written unless a
+    build before an interruption wrote it already."""
+
+    def __init__(self, adapter: ModelAdapter, path: Path, spec: DatabaseSpec, first: BlockInputs):
+        self.adapter, self.path, self.spec = adapter, path, spec
+        self.shape = adapter.shape()
+        self.layers = adapter.layers()
+        self.states, self.kwargs = first.states, first.kwargs
+        self.expected = list(self.states) if spec.inputs != "dense" else None
+        self.weighting = "uniform" if spec.inputs == "expected-uniform" else "density"
+        self.dims = {"o_proj": self.shape.num_heads * self.shape.head_dim, "down_proj": self.shape.intermediate_size}
+
+    def step(self, i: int) -> None:
+        done = (self.path / block_file(i)).is_file()
+        if self.expected is None:
+            self._dense_step(i, done)
+        else:
+            self._expected_step(i, done)
+
+    def _dense_step(self, i: int, done: bool) -> None:
+        """Dense inputs: one pass of the block gives both consumers' inputs and its output."""
+        layer = self.layers[i]
+        if done:  # built before an interruption: only its outputs are needed
+            self.states = [run_block(layer, h, kw) for h, kw in zip(self.states, self.kwargs)]
+            return
+        grams = {name: Gram(dim, paired=False) for name, dim in self.dims.items()}
+        next_states = []
+        for h, kw in zip(self.states, self.kwargs):
+            out, seen = block_pass(self.adapter, layer, h, kw, tuple(self.dims))
+            for name, x in seen.items():
+                grams[name].add(x)
+            next_states.append(out)
+        attn_units, mlp_widths = self.spec.tables(i)
+        tensors = _attn_tensors(self.adapter, layer, self.shape, self.spec, attn_units, grams["o_proj"])
+        tensors |= _mlp_tensors(self.adapter, layer, self.shape, self.spec, mlp_widths, grams["down_proj"])
+        _write_block(self.path, i, tensors)
+        self.states = next_states
+
+    def _expected_step(self, i: int, done: bool) -> None:
+        """Expected inputs: the dense pass gives the targets (unless the block is on disk already), the expected
+        stream the inputs; the attention levels are solved first, and the MLP's inputs come through the
+        expected attention."""
+        layer = self.layers[i]
+        seen = [(run_block(layer, h, kw), None) if done else block_pass(self.adapter, layer, h, kw, tuple(self.dims))
+                for h, kw in zip(self.states, self.kwargs)]
+        work = copy.deepcopy(layer)
+        o_proj, down_proj = self.adapter.attn_proj(work, "o_proj"), self.adapter.mlp_proj(work, "down_proj")
+        attn_units, mlp_widths = self.spec.tables(i)
+        if done:
+            tensors = _read_block(self.path, i)
+        else:
+            gram = self._expected_gram(work, "o_proj", seen)
+            tensors = _attn_tensors(self.adapter, layer, self.shape, self.spec, attn_units, gram)
+        expected_consumer_(o_proj, "attn", attn_units, tensors, self.shape.head_dim, self.weighting)
+        if not done:
+            gram = self._expected_gram(work, "down_proj", seen)
+            tensors |= _mlp_tensors(self.adapter, layer, self.shape, self.spec, mlp_widths, gram)
+            _write_block(self.path, i, tensors)
+        expected_consumer_(down_proj, "mlp", mlp_widths, tensors, self.shape.head_dim, self.weighting)
+        self.expected = [run_block(work, e, kw) for e, kw in zip(self.expected, self.kwargs)]
+        self.states = [out for out, _ in seen]
+
+    def _expected_gram(self, work: nn.Module, name: str, seen: list) -> Gram:
+        """The Gram of consumer `name`'s input on the expected stream (through `work`, the block with its
+        upstream consumers already at their expectation), paired with its dense-model input."""
+        gram = Gram(self.dims[name], paired=True)
+        for (_, x), e, kw in zip(seen, self.expected, self.kwargs):
+            gram.add(consumer_input(self.adapter, work, name, e, kw), x[name])
+        return gram
+
+
 @torch.no_grad()
 def build_database(model: nn.Module, adapter: ModelAdapter, tokenizer, path: str | os.PathLike, spec: DatabaseSpec,
                    *, source: str | None = None, progress: bool = True, desc: str = "sparsity database") -> SparsityDatabase:
@@ -335,66 +423,10 @@ def build_database(model: nn.Module, adapter: ModelAdapter, tokenizer, path: str
     batches = data_mod.token_batches(tokenizer, spec.data, split="calibration", num_sequences=spec.sequences,
                                      seq_len=spec.seq_len, seed=spec.seed)
     want = fingerprint(spec, shape, model_checksum(model), batches, source)
-    if (path / MANIFEST).is_file():
-        SparsityDatabase.open(path, expect=want)  # refuses a database built for other settings
-        log.info("resuming the database in %s", path)
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        if any(p.name != MANIFEST and p.suffix not in (".tmp", ".log", ".yaml") for p in path.iterdir()):
-            raise RunDirError(f"{path} is not empty and holds no database: choose a new directory")
-        atomic_write_json(path / MANIFEST, {"fingerprint": want, "complete": False})
-    for stale in path.glob("*.tmp"):
-        stale.unlink()
-    first = capture_block_inputs(adapter, batches, spec.micro_batch)
-    states, kwargs = first.states, first.kwargs
-    expected = list(states) if spec.inputs != "dense" else None
-    weighting = "uniform" if spec.inputs == "expected-uniform" else "density"
-    layers = adapter.layers()
-    bar = tqdm(range(shape.num_layers), desc=desc, unit="block", disable=not progress)
-    dims = {"o_proj": shape.num_heads * shape.head_dim, "down_proj": shape.intermediate_size}
-    for i in bar:
-        done = (path / block_file(i)).is_file()
-        attn_units, mlp_widths = spec.tables(i)
-        if expected is None:
-            if done:  # built before an interruption: only its outputs are needed
-                states = [run_block(layers[i], h, kw) for h, kw in zip(states, kwargs)]
-                continue
-            grams = {name: Gram(dim, paired=False) for name, dim in dims.items()}
-            next_states = []
-            for h, kw in zip(states, kwargs):  # one pass of the block: both consumers' inputs and its output
-                out, seen = block_pass(adapter, layers[i], h, kw, tuple(dims))
-                for name, x in seen.items():
-                    grams[name].add(x)
-                next_states.append(out)
-            tensors = _attn_tensors(adapter, layers[i], shape, spec, attn_units, grams["o_proj"])
-            tensors |= _mlp_tensors(adapter, layers[i], shape, spec, mlp_widths, grams["down_proj"])
-            _write_block(path, i, tensors)
-            states = next_states
-            continue
-        # expected inputs: the dense pass gives the targets (unless the block is on disk already), the expected
-        # stream the inputs
-        seen = [(run_block(layers[i], h, kw), None) if done else block_pass(adapter, layers[i], h, kw, tuple(dims))
-                for h, kw in zip(states, kwargs)]
-        work = copy.deepcopy(layers[i])
-        o_proj, down_proj = adapter.attn_proj(work, "o_proj"), adapter.mlp_proj(work, "down_proj")
-        if done:
-            tensors = _read_block(path, i)
-        else:
-            gram = Gram(dims["o_proj"], paired=True)
-            for (_, x), e, kw in zip(seen, expected, kwargs):
-                gram.add(consumer_input(adapter, work, "o_proj", e, kw), x["o_proj"])
-            tensors = _attn_tensors(adapter, layers[i], shape, spec, attn_units, gram)
-        expected_consumer_(o_proj, "attn", attn_units, tensors, shape.head_dim, weighting)
-        if not done:
-            gram = Gram(dims["down_proj"], paired=True)
-            for (_, x), e, kw in zip(seen, expected, kwargs):
-                gram.add(consumer_input(adapter, work, "down_proj", e, kw), x["down_proj"])
-            tensors |= _mlp_tensors(adapter, layers[i], shape, spec, mlp_widths, gram)
-            _write_block(path, i, tensors)
-        expected_consumer_(down_proj, "mlp", mlp_widths, tensors, shape.head_dim, weighting)
-        expected = [run_block(work, e, kw) for e, kw in zip(expected, kwargs)]
-        states = [out for out, _ in seen]
-        del seen, work
+    _start(path, want)
+    walk = _BlockWalk(adapter, path, spec, capture_block_inputs(adapter, batches, spec.micro_batch))
+    for i in tqdm(range(shape.num_layers), desc=desc, unit="block", disable=not progress):
+        walk.step(i)
     atomic_write_json(path / MANIFEST, {"fingerprint": want, "complete": True})
     db = SparsityDatabase.open(path, expect=want)
     log.info("database complete: %d blocks, %.1f MB", shape.num_layers, db.disk_bytes() / 1e6)
