@@ -297,3 +297,43 @@ def test_search_help_shows_what_each_preset_sets(capsys):
         main(["search", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "candidates per generation (preset: paper 30, quick 8)" in out
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (restored after)."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_written_weights_follow_the_umask(mask, umask, tmp_path):
+    """Every *.safetensors tracenas writes (an export, a search's anchor, database blocks, a recovery checkpoint and
+    its model) gets the umask's permissions, not safetensors' private 0600."""
+    from test_export import make_run_dir
+
+    from tracenas.prune.anchor import save_anchor
+    from tracenas.prune.masking import Importance
+    from tracenas.runtime.rundir import install_dir, save_tensors, staging_dir
+
+    umask(mask)
+    want = 0o666 & ~mask
+    run_dir, base_dir, _ = make_run_dir(tmp_path)
+    assert main(["export", str(run_dir)]) == 0
+    assert main(["database", "build", str(tmp_path / "db"), "--model", str(base_dir), "--mlp-levels", "3",
+                 "--calib-sequences", "2", "--calib-seq-len", "16"]) == 0
+    import torch
+
+    save_anchor(tmp_path / "anchor.safetensors", Importance(heads=[torch.ones(4)], channels=[torch.ones(8)]), None)
+    staged = staging_dir(tmp_path / "staged")
+    save_tensors({"x": torch.zeros(2)}, staged / "direct.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(staged / "library.safetensors"))  # written by someone else's code
+    install_dir(staged, tmp_path / "staged")
+    written = [*(run_dir / "model").glob("*.safetensors"), *(tmp_path / "db").glob("*.safetensors"),
+               tmp_path / "anchor.safetensors", *(tmp_path / "staged").glob("*.safetensors")]
+    assert len(written) >= 6
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in written} == {f.name: oct(want) for f in written}

@@ -9,20 +9,19 @@ import os
 from pathlib import Path
 
 from tracenas.prune.masking import Importance
+from tracenas.runtime.rundir import save_tensors
 
 ANCHOR = "search/anchor.safetensors"  # relative to the run directory
 
 
 def save_anchor(path: Path, importance: Importance, base: dict | None) -> None:
     """Write the importance (and base traces) atomically; the search's resume and `export --candidate` read it."""
-    from safetensors.torch import save_file
-
     tensors = {f"importance.{k}": v.contiguous() for k, v in importance.state_dict().items()}
     for (i, name), t in (base or {}).items():
         tensors[f"trace.{i}.{name}"] = t.contiguous()
     tmp = path.with_suffix(".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tmp))
+    save_tensors(tensors, tmp)
     os.replace(tmp, path)
 
 

@@ -35,6 +35,7 @@ from torch import nn
 from tracenas.arch import Genome, Levels, SearchSpace
 from tracenas.runtime.config import atomic_write_json
 from tracenas.runtime.errors import RunDirError, TracenasError
+from tracenas.runtime.rundir import save_tensors
 from tracenas.prune.masking import LayerSelection, head_rows, top_channels, top_heads
 from tracenas.models.adapter import ModelAdapter
 from tracenas.models.shape import ModelShape
@@ -307,12 +308,10 @@ def expected_consumer_(lin: nn.Linear, kind: str, units: tuple[int, ...], tensor
 
 
 def _write_block(path: Path, i: int, tensors: dict[str, torch.Tensor]) -> None:
-    import safetensors.torch
-
     final = path / block_file(i)
     tmp = final.with_name(final.name + ".tmp")
     # one metadata key: safetensors writes a map in no fixed order, and a resumed build must be byte-identical
-    safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
+    save_tensors(tensors, tmp, metadata={"format": "pt"})
     os.replace(tmp, final)
 
 

@@ -76,9 +76,27 @@ def clean_stale_staging(target: Path) -> list[Path]:
     return removed
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file tracenas wrote the permissions the umask asks for: safetensors and `tempfile` create files
+    private (0600), but a result is an ordinary file a teammate can read when the umask allows it."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, with the umask's permissions (see `follow_umask`)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    follow_umask(path)
+
+
 def install_dir(tmp: Path, target: Path) -> None:
     """Move the finished `tmp` to `target`; an existing `target` is swapped out only now, and put back if
-    the move fails, so readers see the old or the new directory, never neither."""
+    the move fails, so readers see the old or the new directory, never neither. Every file inside gets the
+    umask's permissions first (whatever wrote it: safetensors, transformers' `save_pretrained`, accelerate)."""
+    for f in tmp.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            follow_umask(f)
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-{os.getpid()}-"))
