@@ -337,3 +337,32 @@ def test_written_weights_follow_the_umask(mask, umask, tmp_path):
                tmp_path / "anchor.safetensors", *(tmp_path / "staged").glob("*.safetensors")]
     assert len(written) >= 6
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in written} == {f.name: oct(want) for f in written}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "evil-family"])
+def test_a_model_folders_own_code_never_runs(model_type, tmp_path, capsys, monkeypatch):
+    """A model folder whose config names its own Python (`auto_map`) is loaded with trust_remote_code=False, even
+    when stdin would answer yes: its code (which would write a marker file) never runs. A known model_type loads
+    with the installed code; an unknown one ends in one line."""
+    import io
+
+    base = save_tiny(tmp_path / "model", "llama-gqa")
+    marker = tmp_path / "marker"
+    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import LlamaConfig, LlamaForCausalLM\n" \
+           "class EvilConfig(LlamaConfig):\n    model_type = 'evil-family'\n" \
+           "class EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n"
+    (base / "evil.py").write_text(code)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg.update(model_type=model_type, auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    (base / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\ny\ny\n"))
+    rc = main(["search", "--model", str(base), "--out", str(tmp_path / "run"), "--strategy", "uniform",
+               "--num-sequences", "2", "--seq-len", "16", "--threads", "1", "--budget", "0.7",
+               "--budget-tolerance", "0.1", "--min-layers", "2"])
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    if model_type == "llama":
+        assert rc == 0
+    else:
+        assert rc == 2 and "Traceback" not in err
+        assert "ships its own modeling code" in err.strip().splitlines()[-1]

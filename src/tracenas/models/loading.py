@@ -36,7 +36,11 @@ class LoadedSource:
     gguf_file: str | None = None
 
     def kwargs(self) -> dict:
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        """What every `from_pretrained` of this source gets. `trust_remote_code=False` is pinned: a user's model
+        folder with an `auto_map` never runs its Python through tracenas (transformers would otherwise ask on
+        stdin, and `echo y |` would say yes); tracenas supports families it has adapters for, whose code is
+        installed."""
+        return {"trust_remote_code": False, **({"gguf_file": self.gguf_file} if self.gguf_file else {})}
 
     def as_dict(self) -> dict:
         return {"spec": self.spec, "path": self.path, "gguf_file": self.gguf_file}
@@ -157,6 +161,12 @@ def _read_config(source: LoadedSource):
                                 f"not a GGUF model ({_first_line(err)})") from err
         if not isinstance(err, (OSError, ValueError, KeyError)):
             raise
+        if "custom code" in str(err) or "trust_remote_code" in str(err):
+            from tracenas.models.adapter import supported_families
+
+            raise UnsupportedModelError(
+                f"{source.spec} ships its own modeling code (auto_map in config.json), which tracenas never runs; "
+                f"supported families: {', '.join(supported_families())}") from err
         raise TracenasError(f"cannot load model config from {source.spec}: {_first_line(err)}") from err
 
 

@@ -335,7 +335,7 @@ def load_pruned(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
     if not (path / "config.json").is_file():
         raise TracenasError(f"{path} is not an exported model directory (no config.json)")
     try:
-        config = AutoConfig.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)  # our classes: installed code
     except (OSError, ValueError) as err:
         raise TracenasError(f"cannot read {path / 'config.json'}: {str(err).splitlines()[0]}") from err
     cls = _model_class(config)

@@ -123,7 +123,7 @@ def model_shape(spec: str | None) -> tuple[ModelShape, str]:
         model, _, _ = load_model(spec, with_tokenizer=False)
         return get_adapter(model).shape(), "weights"
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     return get_adapter(model).shape(), "config"
 
 
