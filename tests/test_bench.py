@@ -105,3 +105,63 @@ def test_bench_errors(exported_run, tmp_path, capsys):
     assert "--gen-len must be at least 2" in capsys.readouterr().err
     with pytest.raises(TracenasError, match="neither a run directory"):
         run_bench(tmp_path, BenchConfig(device="cpu"))
+
+
+def test_trials_interleave_and_alternate_which_model_goes_first(monkeypatch):
+    """One trial of each model per round, the order alternating (A B, B A, ...): load that changes during the
+    bench then hits both sides alike."""
+    from conftest import make_tiny
+
+    from tracenas.bench import runner
+
+    order = []
+    real = runner._Timer.trial
+
+    def tracked(self, record=True):
+        if record:
+            order.append(self.name)
+        return real(self, record)
+
+    monkeypatch.setattr(runner._Timer, "trial", tracked)
+    a, b = make_tiny("llama-gqa"), make_tiny("qwen2-mha")
+    prompt = random_prompt(128, 1, 8, seed=0)
+    real_init = runner._Timer.__init__
+
+    def named(self, model, prompt, gen_len):
+        real_init(self, model, prompt, gen_len)
+        self.name = "base" if model is a else "pruned"
+
+    monkeypatch.setattr(runner._Timer, "__init__", named)
+    res = runner.measure_interleaved({"base": a, "pruned": b}, prompt, gen_len=3, trials=4, warmup=1)
+    assert order == ["base", "pruned", "pruned", "base", "base", "pruned", "pruned", "base"]
+    assert all(len(r["trials"]["ttft_ms"]) == 4 and len(r["spread"]["ttft_ms"]) == 2 for r in res.values())
+
+
+def entry(ttft, tpot, total):
+    import statistics
+
+    return {"ttft_ms": statistics.median(ttft), "tpot_ms": statistics.median(tpot), "total_ms": statistics.median(total),
+            "throughput_tok_s": 1e3 / statistics.median(total), "params": 100, "peak_mem_mb": None,
+            "trials": {"ttft_ms": ttft, "tpot_ms": tpot, "total_ms": total}}
+
+
+def test_a_speedup_the_trials_do_not_support_is_never_printed():
+    from tracenas.bench.report import format_speedup
+    from tracenas.bench.runner import speedup
+
+    # steady: every paired ratio near 2x -> printed with its range
+    steady = speedup(entry([200, 210, 190], [20, 21, 19], [300, 310, 290]), entry([100, 104, 96], [10, 11, 9],
+                                                                                   [150, 160, 140]))
+    assert all(steady["supported"].values())
+    assert "prefill 2.00x (paired trials" in format_speedup(steady)
+    # the base was timed while another job ran (first trial 14x slower): the medians alone would print a
+    # speedup, the paired ratios straddle a factor over 2 -> not printed
+    loaded = speedup(entry([2100, 150, 160], [20, 11, 10], [3000, 200, 210]), entry([150, 152, 148], [10, 10, 10],
+                                                                                    [200, 199, 201]))
+    assert not loaded["supported"]["prefill"]
+    text = format_speedup(loaded)
+    assert "prefill not supported by the trials" in text and f"prefill {loaded['prefill']:.2f}x" not in text
+    # a pruned model no faster than its base: ratios on both sides of 1 -> not supported either
+    tie = speedup(entry([100, 100, 100], [10, 10, 10], [150, 150, 150]), entry([90, 110, 101], [9, 11, 10],
+                                                                                [140, 160, 150]))
+    assert not any(tie["supported"].values())

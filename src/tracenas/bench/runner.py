@@ -16,7 +16,11 @@ max_new_tokens`, KV cache on). A logits processor timestamps every decoding step
   process's peak resident set during the call, measured on Linux by resetting the kernel's high-water
   mark (`/proc/self/clear_refs` <- 5) before the call and reading `VmHWM` after it; reported as the
   weights' bytes plus the growth above the resident size before the call (None where /proc is absent).
-Medians over the trials are reported, plus prefill / decode / throughput speedups of pruned over base.
+Base and pruned are both loaded and timed interleaved (one trial of each per round, alternating which goes
+first), so load that changes during the bench hits both alike. Medians and quartiles over the trials are
+reported, plus prefill / decode / throughput speedups of pruned over base, each with the range of its paired
+(same-round) ratios; a speedup whose paired ratios straddle 1 or spread over more than a factor of 2 is marked
+unsupported and never printed as a figure.
 Defaults follow the paper on GPU (prompt 4096, 128 new tokens, 20 trials, bf16) and are CPU-sized on CPU
 (prompt 256, 32 new tokens, 5 trials, float32).
 """
@@ -36,6 +40,7 @@ import torch
 from torch import nn
 
 from tracenas.bench.config import BenchConfig
+from tracenas.bench.report import SPEEDUP_METRICS, format_speedup
 from tracenas.runtime.config import atomic_write_json
 from tracenas.runtime.logs import run_log
 from tracenas.runtime.errors import RunDirError, TracenasError
@@ -112,56 +117,119 @@ def random_prompt(vocab_size: int, batch_size: int, prompt_len: int, seed: int) 
     return torch.randint(0, vocab_size, (batch_size, prompt_len), generator=g)
 
 
-@torch.no_grad()
+class _Timer:
+    """Timed forced-length greedy generations of one model on one prompt, one trial per call."""
+
+    def __init__(self, model: nn.Module, prompt: torch.Tensor, gen_len: int):
+        from transformers import GenerationConfig
+
+        self.model, self.gen_len = model, gen_len
+        self.device = next(model.parameters()).device
+        self.prompt = prompt.to(self.device)
+        self.mask = torch.ones_like(self.prompt)
+        self.sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        eos = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+        self.gen = GenerationConfig(max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False, use_cache=True,
+                                    num_beams=1, eos_token_id=eos, pad_token_id=0)
+        self.ttft: list[float] = []
+        self.tpot: list[float] = []
+        self.total: list[float] = []
+        self.peaks: list[int | None] = []
+        self.method: str | None = None
+
+    @torch.no_grad()
+    def trial(self, record: bool = True) -> None:
+        from transformers import LogitsProcessorList
+
+        clock = _step_clock(self.sync)
+        mem = PeakMemory(self.device)
+        with mem:
+            self.sync()
+            start = time.perf_counter()
+            out = self.model.generate(input_ids=self.prompt, attention_mask=self.mask, generation_config=self.gen,
+                                      logits_processor=LogitsProcessorList([clock]))
+            self.sync()
+            end = time.perf_counter()
+        new = out.shape[1] - self.prompt.shape[1]
+        if new != self.gen_len or len(clock.times) != self.gen_len:
+            raise TracenasError(f"generate() produced {new} tokens instead of {self.gen_len}")
+        if record:
+            self.ttft.append(clock.times[0] - start)
+            self.tpot.append((clock.times[-1] - clock.times[0]) / (self.gen_len - 1))
+            self.total.append(end - start)
+            self.peaks.append(mem.peak_extra)
+            self.method = mem.method
+
+    def result(self) -> dict[str, Any]:
+        weights = _param_bytes(self.model)
+        extra = None if any(p is None for p in self.peaks) else statistics.median(self.peaks)
+        batch = self.prompt.shape[0]
+        cuda = self.device.type == "cuda"
+        trials = {"ttft_ms": [1e3 * t for t in self.ttft], "tpot_ms": [1e3 * t for t in self.tpot],
+                  "total_ms": [1e3 * t for t in self.total]}
+        return {
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "ttft_ms": 1e3 * statistics.median(self.ttft),
+            "tpot_ms": 1e3 * statistics.median(self.tpot),
+            "throughput_tok_s": batch * self.gen_len / statistics.median(self.total),
+            "total_ms": 1e3 * statistics.median(self.total),
+            "weights_mb": weights / 2**20,
+            "peak_mem_mb": None if extra is None else (extra if cuda else weights + extra) / 2**20,
+            "peak_extra_mem_mb": None if extra is None else extra / 2**20,
+            "peak_mem_method": self.method,
+            "spread": {k: _quartiles(v) for k, v in trials.items()},
+            "trials": trials,
+        }
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    """[first quartile, third quartile] (both the value itself for one trial)."""
+    if len(values) < 2:
+        return [values[0], values[0]] if values else []
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
+
+
 def measure(model: nn.Module, prompt: torch.Tensor, *, gen_len: int, trials: int, warmup: int) -> dict[str, Any]:
     """Time `trials` forced-length greedy generations of `prompt` on the model's device."""
-    from transformers import GenerationConfig, LogitsProcessorList
+    return measure_interleaved({"model": model}, prompt, gen_len=gen_len, trials=trials, warmup=warmup)["model"]
 
-    device = next(model.parameters()).device
-    prompt = prompt.to(device)
-    mask = torch.ones_like(prompt)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    eos = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
-    gen = GenerationConfig(max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False, use_cache=True,
-                           num_beams=1, eos_token_id=eos, pad_token_id=0)
-    ttft, tpot, total, peaks = [], [], [], []
-    method = None
-    for i in range(warmup + trials):
-        clock = _step_clock(sync)
-        mem = PeakMemory(device)
-        with mem:
-            sync()
-            start = time.perf_counter()
-            out = model.generate(input_ids=prompt, attention_mask=mask, generation_config=gen,
-                                 logits_processor=LogitsProcessorList([clock]))
-            sync()
-            end = time.perf_counter()
-        new = out.shape[1] - prompt.shape[1]
-        if new != gen_len or len(clock.times) != gen_len:
-            raise TracenasError(f"generate() produced {new} tokens instead of {gen_len}")
-        if i < warmup:
-            continue
-        ttft.append(clock.times[0] - start)
-        tpot.append((clock.times[-1] - clock.times[0]) / (gen_len - 1))
-        total.append(end - start)
-        peaks.append(mem.peak_extra)
-        method = mem.method
-    weights = _param_bytes(model)
-    extra = None if any(p is None for p in peaks) else statistics.median(peaks)
-    batch = prompt.shape[0]
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "ttft_ms": 1e3 * statistics.median(ttft),
-        "tpot_ms": 1e3 * statistics.median(tpot),
-        "throughput_tok_s": batch * gen_len / statistics.median(total),
-        "total_ms": 1e3 * statistics.median(total),
-        "weights_mb": weights / 2**20,
-        "peak_mem_mb": None if extra is None else (extra if device.type == "cuda" else weights + extra) / 2**20,
-        "peak_extra_mem_mb": None if extra is None else extra / 2**20,
-        "peak_mem_method": method,
-        "trials": {"ttft_ms": [1e3 * t for t in ttft], "tpot_ms": [1e3 * t for t in tpot],
-                   "total_ms": [1e3 * t for t in total]},
-    }
+
+def measure_interleaved(models: dict[str, nn.Module], prompt: torch.Tensor, *, gen_len: int, trials: int,
+                        warmup: int) -> dict[str, dict[str, Any]]:
+    """Time the models' trials interleaved, one trial of each per round (order alternating: A B, B A, ...), so a
+    change of load on a shared machine hits both sides alike instead of turning into a fake speedup."""
+    timers = {name: _Timer(m, prompt, gen_len) for name, m in models.items()}
+    for timer in timers.values():
+        for _ in range(warmup):
+            timer.trial(record=False)
+    names = list(timers)
+    for i in range(trials):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            timers[name].trial()
+    return {name: t.result() for name, t in timers.items()}
+
+
+MAX_RATIO_SPREAD = 2.0  # paired ratios further apart than this factor support no speedup
+
+
+def speedup(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, Any]:
+    """Pruned over base: the ratio of medians per metric, the ratios of the paired (same-round) trials, and
+    whether the trials support the figure: every paired ratio on the same side of 1 and within a factor of
+    `MAX_RATIO_SPREAD` of each other (else the machine's load moved more than the models differ)."""
+    out: dict[str, Any] = {
+        "prefill": base["ttft_ms"] / pruned["ttft_ms"], "decode": base["tpot_ms"] / pruned["tpot_ms"],
+        "throughput": pruned["throughput_tok_s"] / base["throughput_tok_s"], "params": pruned["params"] / base["params"]}
+    if base["peak_mem_mb"] and pruned["peak_mem_mb"]:
+        out["memory"] = pruned["peak_mem_mb"] / base["peak_mem_mb"]
+    paired, supported = {}, {}
+    for name, key in SPEEDUP_METRICS.items():
+        ratios = [b / p for b, p in zip(base["trials"][key], pruned["trials"][key]) if p > 0]
+        paired[name] = [min(ratios), statistics.median(ratios), max(ratios)] if ratios else []
+        supported[name] = bool(ratios) and (min(ratios) > 1 or max(ratios) < 1) and \
+            max(ratios) / min(ratios) <= MAX_RATIO_SPREAD
+    out["paired"], out["supported"] = paired, supported
+    return out
 
 
 # --- run directories ---------------------------------------------------------------------------------------
@@ -232,40 +300,36 @@ def _measure_all(cfg: BenchConfig, model_path: Path, base_spec: str | None, out:
     from tracenas.models.loading import load_model
     from tracenas.models.pruned import load_pruned
 
-    results: dict[str, Any] = {}
-    prompt = None
     runs = [("base", base_spec)] if base_spec else []
     runs.append(("pruned", str(model_path)))
-    for name, spec in runs:
-        log.info("benchmarking %s model %s on %s (%s)", name, spec, device, cfg.dtype)
+    models: dict[str, nn.Module] = {}
+    for name, spec in runs:  # both loaded, so that their trials can interleave
+        log.info("loading %s model %s on %s (%s)", name, spec, device, cfg.dtype)
         if name == "base":
-            model, _, _ = load_model(spec, dtype=dtype, device=device, attn_implementation=cfg.attn_implementation,
-                                     with_tokenizer=False)
+            models[name], _, _ = load_model(spec, dtype=dtype, device=device,
+                                            attn_implementation=cfg.attn_implementation, with_tokenizer=False)
         else:
-            model = load_pruned(spec, dtype=dtype, device=device, attn_implementation=cfg.attn_implementation)
-        if prompt is None:
-            vocab = model.get_input_embeddings().weight.shape[0]
-            prompt = random_prompt(vocab, cfg.batch_size, cfg.prompt_len, cfg.seed)
-        limit = getattr(model.config, "max_position_embeddings", None)
+            models[name] = load_pruned(spec, dtype=dtype, device=device, attn_implementation=cfg.attn_implementation)
+        limit = getattr(models[name].config, "max_position_embeddings", None)
         if limit and cfg.prompt_len + cfg.gen_len > limit:
             log.warning("prompt + generation (%d) exceeds max_position_embeddings (%d) of %s",
                         cfg.prompt_len + cfg.gen_len, limit, spec)
-        results[name] = {"model": spec, **measure(model, prompt, gen_len=cfg.gen_len, trials=cfg.trials,
-                                                  warmup=cfg.warmup)}
-        del model
-        _free(device)
-    speedup = None
-    if "base" in results:
-        b, p = results["base"], results["pruned"]
-        speedup = {"prefill": b["ttft_ms"] / p["ttft_ms"], "decode": b["tpot_ms"] / p["tpot_ms"],
-                   "throughput": p["throughput_tok_s"] / b["throughput_tok_s"], "params": p["params"] / b["params"]}
-        if b["peak_mem_mb"] and p["peak_mem_mb"]:
-            speedup["memory"] = p["peak_mem_mb"] / b["peak_mem_mb"]
+    vocab = models[runs[0][0]].get_input_embeddings().weight.shape[0]
+    prompt = random_prompt(vocab, cfg.batch_size, cfg.prompt_len, cfg.seed)
+    log.info("timing %s, %d trials each, interleaved", " and ".join(models), cfg.trials)
+    measured = measure_interleaved(models, prompt, gen_len=cfg.gen_len, trials=cfg.trials, warmup=cfg.warmup)
+    results = {name: {"model": spec, **measured[name]} for name, spec in runs}
+    del models
+    _free(device)
+    ratios = speedup(results["base"], results["pruned"]) if "base" in results else None
+    if ratios and not all(ratios["supported"].values()):
+        log.warning("the trials do not support every speedup (load changed during the bench?): %s",
+                    format_speedup(ratios))
     report = {
         "device": _device_name(device),
         "config": asdict(cfg),
         "models": results,
-        "speedup": speedup,
+        "speedup": ratios,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -284,4 +348,5 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-__all__ = ["BenchConfig", "PeakMemory", "measure", "random_prompt", "resolve_paths", "run_bench"]
+__all__ = ["BenchConfig", "PeakMemory", "format_speedup", "measure", "measure_interleaved", "random_prompt",
+           "resolve_paths", "run_bench", "speedup"]

@@ -47,6 +47,7 @@ def format_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tracenas.bench.report import format_speedup
     from tracenas.bench.runner import run_bench
     from tracenas.bench.config import BenchConfig
 
@@ -58,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     if report.get("speedup"):
         s = report["speedup"]
-        print(f"speedup: prefill {s['prefill']:.2f}x, decode {s['decode']:.2f}x, throughput {s['throughput']:.2f}x")
+        print(f"speedup: {format_speedup(s)}")
     print(f"wrote {report['path']}")
     return 0
