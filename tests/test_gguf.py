@@ -374,3 +374,31 @@ def test_llamacpp_runs_attention_free_blocks(kind, bpe, tmp_path):
         {"op": "logits", "tokens": ids}, {"op": "greedy", "tokens": ids, "n": 32}])
     assert np.abs(np.asarray(logits["logits"]) - ref).max() < F32_TOL
     assert greedy["tokens"] == ref_greedy
+
+
+def test_a_file_tracenas_did_not_write_is_never_replaced(bpe_run, tmp_path, capsys):
+    """`export --format gguf --out FILE` over a user's file (a GGUF from elsewhere, or any file) is refused in one
+    line and the file is left as it was; a GGUF that tracenas wrote there is replaced."""
+    run_dir = Path(shutil.copytree(bpe_run[0], tmp_path / "run"))
+    mine = tmp_path / "notes.gguf"
+    mine.write_text("my own notes")
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(mine)]) == 2
+    assert "refusing to replace" in capsys.readouterr().err and mine.read_text() == "my own notes"
+    ours = tmp_path / "ours.gguf"
+    assert main(["export", str(run_dir), "--format", "gguf", "--gguf-type", "f32", "--out", str(ours)]) == 0
+    size = ours.stat().st_size
+    assert read_fields(ours)["general.name"].endswith(" (tracenas)")
+    assert main(["export", str(run_dir), "--format", "gguf", "--gguf-type", "q8_0", "--out", str(ours)]) == 0
+    assert ours.stat().st_size < size  # replaced by the q8_0 file
+    import gguf
+
+    other = tmp_path / "other.gguf"  # a valid GGUF written by someone else
+    w = gguf.GGUFWriter(str(other), "llama")
+    w.add_name("somebody's model")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    before = other.read_bytes()
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(other)]) == 2
+    assert other.read_bytes() == before

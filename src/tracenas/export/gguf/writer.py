@@ -226,10 +226,11 @@ def write_gguf(model: nn.Module, path: str | os.PathLike, *, qtype: str = "f16",
         raise TracenasError(f"cannot create {target.parent}: {err.strerror or err}") from err
     if target.is_dir():
         raise TracenasError(f"{target} is a directory; the GGUF export writes one file")
+    check_replaceable(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
-        writer.add_name(name or f"{model.config.model_type} (tracenas)")
+        writer.add_name(name if (name or "").endswith(NAME_SUFFIX) else f"{name or model.config.model_type}{NAME_SUFFIX}")
         writer.add_file_type(_file_type(qtype))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _hparams(writer, model, adapter, sizes, head_dim)
@@ -281,6 +282,26 @@ def source_gguf_of(checkpoint: str | os.PathLike) -> Path | None:
                 return None
             return Path(source.path) / source.gguf_file if source.gguf_file else None
     return None
+
+
+NAME_SUFFIX = " (tracenas)"  # ends the `general.name` of every GGUF tracenas writes
+
+
+def check_replaceable(target: Path) -> None:
+    """An existing `target` is replaced only when it is a GGUF that tracenas wrote (its `general.name` ends in
+    " (tracenas)"); anything else a user keeps there is refused in one line, before any work."""
+    if not target.exists():
+        return
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(str(target)).fields.get("general.name")
+        name = field.contents() if field is not None else None
+    except Exception:  # noqa: BLE001 - not a GGUF at all (any reader error): not ours
+        name = None
+    if not (isinstance(name, str) and name.endswith(NAME_SUFFIX)):
+        raise TracenasError(f"refusing to replace {target}: it is not a GGUF file that tracenas wrote; choose "
+                            "another --out or move it away first")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *, qtype: str = "f16") -> Path:
