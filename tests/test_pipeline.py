@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from tracenas.cli import main
 from tracenas.pipeline.config import RunConfig
 from tracenas.pipeline.runner import run_pipeline
@@ -78,3 +80,43 @@ def test_run_passes_recovery_dtype_and_defaults_the_teacher_to_the_base(tiny_mod
     run_pipeline(RunConfig.from_flags(model=str(tiny_model_dir), out=str(out), stages="recover", distill=False, **TINY_RUN),
                  progress=False)
     assert (seen[2].distill, seen[2].teacher) == (False, None)
+
+
+def test_run_config_reads_sections_and_flat_keys(tmp_path):
+    """run.yaml has one section per stage; `--config` reads sections, flat flag names (the run.yaml of earlier
+    versions) or both, and flags override the file. Unknown keys are one line."""
+    import argparse
+
+    import yaml
+
+    from tracenas.pipeline.config import FLAGS, add_run_arguments, run_config_from_args
+    from tracenas.runtime.errors import TracenasError
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"budget": "0.5", "recover_tokens": "2k", "out": "runs/x",
+                                    "search": {"population": 9, "elites": 2}, "eval": {"micro_batch": 2}}))
+    cfg = run_config_from_args(parser.parse_args(["--config", str(path), "--budget", "0.4"]))
+    assert (cfg.search.budget, cfg.search.population, cfg.recover.tokens, cfg.eval.micro_batch, cfg.out) == (
+        "0.4", 9, 2000, 2, "runs/x")
+    assert cfg.export.reconstruct == "dense" and cfg.recover.distill  # the run's defaults for its sections
+    assert set(FLAGS) <= {a.dest for a in parser._actions}
+    for bad in ({"bogus": 1}, {"search": {"bogus": 1}}, {"search": 3}):
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(TracenasError, match="bogus|section"):
+            run_config_from_args(parser.parse_args(["--config", str(path)]))
+
+
+def test_run_yaml_has_a_section_per_stage(tiny_model_dir, tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    run_pipeline(RunConfig.from_flags(model=str(tiny_model_dir), out=str(out), stages="search", **TINY_RUN),
+                 progress=False)
+    saved = yaml.safe_load((out / "run.yaml").read_text())
+    assert {"search", "export", "recover", "eval", "bench"} <= set(saved)
+    assert saved["search"]["model"] == str(tiny_model_dir) and saved["search"]["out"] == str(out)
+    assert saved["recover"]["model"] == str(out / "model") and saved["export"]["reconstruct"] == "dense"
+    again = RunConfig.from_flags(**{k: v for k, v in saved.items() if k != "stages"})  # run.yaml reads back
+    assert again.search.population == saved["search"]["population"]
