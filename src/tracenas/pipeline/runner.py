@@ -181,23 +181,48 @@ def _write_gguf(qtype: str, checkpoint: Path, timings: dict[str, float]) -> None
         timings["gguf"] = time.perf_counter() - t
 
 
+def _search_stage(cfg: RunConfig, search_cfg, out: Path, progress: bool, timings: dict[str, float]) -> None:
+    from tracenas.search.recipes import runner as search_stage
+    from tracenas.search.registry import strategy_class
+
+    generations = strategy_class(cfg.strategy).config_from(search_cfg).total_generations  # uniform: 1
+    if search_stage.is_done(out, generations):
+        log.info("search: complete, skipped")
+    else:
+        t = time.perf_counter()
+        resume = search_stage.saved_candidates(out) > 0
+        search_stage.run_search(dataclasses.replace(search_cfg, resume=resume), progress=progress)
+        timings["search"] = time.perf_counter() - t
+
+
+def _eval_stage(cfg: RunConfig, out: Path, model_dir: Path, recovered: Path, progress: bool,
+                timings: dict[str, float]) -> None:
+    from tracenas.eval.evaluate import EvalConfig, evaluate
+    from tracenas.eval.evaluate import is_done as eval_done
+
+    targets = [("pruned", str(model_dir)), ("recovered", str(recovered))]
+    if cfg.eval_base:
+        targets.insert(0, ("base", cfg.model))
+    for name, spec in targets:
+        res_dir = out / "eval" / name
+        if eval_done(res_dir):
+            log.info("eval %s: complete, skipped", name)
+            continue
+        if name != "base" and not (Path(spec) / "config.json").exists():
+            log.warning("eval %s: no model at %s, skipped", name, spec)
+            continue
+        t = time.perf_counter()
+        evaluate(EvalConfig(model=spec, data=cfg.data, preset=cfg.preset, tasks=cfg.tasks,
+                            ppl_max_tokens=cfg.ppl_max_tokens, device=cfg.device, seed=cfg.seed,
+                            out=str(res_dir)), progress=progress)
+        timings[f"eval_{name}"] = time.perf_counter() - t
+
+
 def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progress: bool) -> dict:
     save_config(out, "run", cfg)
     timings: dict[str, float] = {}
-    from tracenas.search.registry import strategy_class
-
-    iterations = strategy_class(cfg.strategy).config_from(search_cfg).iterations  # uniform: 1
-
     if "search" in stages:
-        from tracenas.search.recipes import runner as search_stage
-
-        if search_stage.is_done(out, iterations):
-            log.info("search: complete, skipped")
-        else:
-            t = time.perf_counter()
-            resume = search_stage.saved_candidates(out) > 0
-            search_stage.run_search(dataclasses.replace(search_cfg, resume=resume), progress=progress)
-            timings["search"] = time.perf_counter() - t
+        _search_stage(cfg, search_cfg, out, progress, timings)
 
     model_dir = out / "model"
     if "export" in stages:
@@ -240,25 +265,7 @@ def _run_stages(cfg: RunConfig, search_cfg, out: Path, stages: list[str], progre
         _write_gguf(cfg.gguf, recovered if (recovered / "config.json").exists() else model_dir, timings)
 
     if "eval" in stages:
-        from tracenas.eval.evaluate import EvalConfig, evaluate
-        from tracenas.eval.evaluate import is_done as eval_done
-
-        targets = [("pruned", str(model_dir)), ("recovered", str(recovered))]
-        if cfg.eval_base:
-            targets.insert(0, ("base", cfg.model))
-        for name, spec in targets:
-            res_dir = out / "eval" / name
-            if eval_done(res_dir):
-                log.info("eval %s: complete, skipped", name)
-                continue
-            if name != "base" and not (Path(spec) / "config.json").exists():
-                log.warning("eval %s: no model at %s, skipped", name, spec)
-                continue
-            t = time.perf_counter()
-            evaluate(EvalConfig(model=spec, data=cfg.data, preset=cfg.preset, tasks=cfg.tasks,
-                                ppl_max_tokens=cfg.ppl_max_tokens, device=cfg.device, seed=cfg.seed,
-                                out=str(res_dir)), progress=progress)
-            timings[f"eval_{name}"] = time.perf_counter() - t
+        _eval_stage(cfg, out, model_dir, recovered, progress, timings)
 
     if "bench" in stages:
         from tracenas.bench import runner as bench_stage
