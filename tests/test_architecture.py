@@ -260,3 +260,40 @@ def long_functions(limit: int = 80) -> list[str]:
 
 def test_no_function_over_eighty_lines():
     assert long_functions() == []
+
+
+TORCH = ("torch", "transformers", "safetensors")
+
+
+def torch_modules() -> set[str]:
+    """The package modules that import torch, transformers or safetensors when imported (directly, or through
+    another package module)."""
+    files = {_module_name(p): p for p in (SRC / PACKAGE).rglob("*.py")}
+    direct = set()
+    for module, path in files.items():
+        for node in _top_level_imports(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if isinstance(node, ast.Import) or node.level == 0:
+                if any(n.split(".")[0] in TORCH for n in names):
+                    direct.add(module)
+    graph, heavy = import_graph(), set(direct)
+    while True:
+        more = {m for m, targets in graph.items() if targets & heavy} - heavy
+        if not more:
+            return heavy
+        heavy |= more
+
+
+def test_strategies_reach_no_torch_even_inside_functions():
+    """search/strategies/ stays torch-free when its functions run too: no import there, function-local ones
+    included, reaches a module that imports torch (DarwinLM's `for_plan` once imported the database for its
+    default levels)."""
+    heavy, local = torch_modules(), import_graph(local=True)
+    assert "tracenas.prune.database" in heavy and "tracenas.search.strategies.levels" not in heavy
+    files = {_module_name(p): p for p in (SRC / PACKAGE / "search" / "strategies").glob("*.py")}
+    found = [f"{m} imports {t}" for m in files for t in sorted(local[m]) if t in heavy]
+    for module, path in files.items():
+        for node in _imports(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"{module} imports {n}" for n in names if n.split(".")[0] in TORCH]
+    assert found == []

@@ -20,8 +20,8 @@ from tracenas.prune.database import DatabaseSpec, LevelAssembler, SparsityDataba
 from tracenas.runtime.errors import TracenasError
 from tracenas.models import get_adapter
 from tracenas.search.config import SearchConfig
-from tracenas.search.strategies.darwinlm import (DarwinLMConfig, DarwinLMSearch, LevelSpace, StageTask, mutate, select_best,
-                                      uniform_start)
+from tracenas.search.strategies.darwinlm import DarwinLMConfig, DarwinLMSearch
+from tracenas.search.strategies.levels import LevelSpace, StageTask, mutate, select_best, uniform_start
 from tracenas.search.recipes.runner import run_search
 
 TINY = dict(strategy="darwinlm", num_sequences=4, seq_len=32, offspring=4, survivors="2,1", stage_tokens="40,64",
@@ -46,7 +46,8 @@ def test_mutation_keeps_levels_valid_and_offspring_in_the_window():
     for _ in range(300):  # a level switch moves one sub-block up and one of the same type down
         child = mutate(parent, ls, rng)
         assert sum(child.attn) == sum(parent.attn) and sum(child.mlp) == sum(parent.mlp)
-        assert all(0 <= k <= ls.top["attn"] for k in child.attn) and all(0 <= k <= ls.top["mlp"] for k in child.mlp)
+        assert all(0 <= k <= ls.top_of(i, "attn") for i, k in enumerate(child.attn))
+        assert all(0 <= k <= ls.top_of(i, "mlp") for i, k in enumerate(child.mlp))
         assert sum(abs(a - b) for a, b in zip(child.attn + child.mlp, parent.attn + parent.mlp)) <= 6
     search = DarwinLMSearch(DarwinLMConfig(offspring=16, budget_tolerance=0.05), ls, budget, lambda b, t: [])
     for _ in range(20):

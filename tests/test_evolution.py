@@ -218,7 +218,7 @@ def test_a_strategy_registered_after_import_is_a_search_choice(monkeypatch):
                    _toy_score, prior=PRIOR)
     best = strategy.run()
     assert strategy.state.history_len == 2 and best.score == max(strategy.state.scores.values())
-    with pytest.raises(TracenasError, match="not a SearchStrategy"):
+    with pytest.raises(TracenasError, match="not a search strategy"):
         registry.register_strategy("bad", dict, "not a strategy")
 
 

@@ -22,7 +22,7 @@ from tracenas.runtime.errors import TracenasError
 from tracenas.models import get_adapter
 from tracenas.prune.reconstruct import Gram, capture_block_inputs, consumer_input, solve
 from tracenas.search.config import SearchConfig
-from tracenas.search.strategies.darwinlm import mutate
+from tracenas.search.strategies.levels import mutate
 from tracenas.search.recipes.runner import run_search
 from tracenas.search.strategies.tyr import (TyrConfig, TyrSearch, centred_table, round_space, step_units, uniform_centre)
 

@@ -65,7 +65,7 @@ class Genome:
 @dataclass(frozen=True)
 class Levels:
     """A candidate of a sparsity-level database (`tracenas.prune.database`) as one level index per sub-block:
-    0 = full, the last level = removed. Level `k` keeps `attn_units[k]` attention units / `mlp_widths[k]` channels."""
+    0 = full, the last level = removed. Level `k` of a sub-block keeps `LevelTables.table(layer, kind)[k]` units."""
 
     attn: tuple[int, ...]
     mlp: tuple[int, ...]
@@ -77,11 +77,51 @@ class Levels:
     def from_dict(cls, d: dict) -> "Levels":
         return cls(tuple(int(x) for x in d["attn"]), tuple(int(x) for x in d["mlp"]))
 
-    def genome(self, attn_units: tuple[int, ...], mlp_widths: tuple[int, ...], space: "SearchSpace") -> Genome:
-        """The genome of this assignment (a block with both sub-blocks removed is a dropped block)."""
-        attn = tuple(attn_units[k] / space.attn_units for k in self.attn)
-        mlp = tuple(mlp_widths[k] / space.shape.intermediate_size for k in self.mlp)
+
+Table = tuple[int, ...]  # units kept at each level of one sub-block, descending (level 0 = the largest)
+PerBlock = tuple[tuple[Table, Table], ...]  # (attention units, MLP widths) of every block
+
+
+class LevelTables:
+    """The level tables of a sparsity database (and of the search over it): one attention table
+    (`attn_units`) and one MLP table (`mlp_widths`) for every block, or, with `per_block`, each block's
+    own (a Týr supernet round). `DatabaseSpec`, `SparsityDatabase` and `LevelSpace` read their levels here."""
+
+    attn_units: Table
+    mlp_widths: Table
+    per_block: PerBlock | None
+
+    def tables(self, layer: int) -> tuple[Table, Table]:
+        """(attention units, MLP widths) of block `layer`'s levels."""
+        return self.per_block[layer] if self.per_block is not None else (self.attn_units, self.mlp_widths)
+
+    def table(self, layer: int, kind: str) -> Table:
+        """Units kept at each level of one sub-block (`kind` "attn" or "mlp"), descending."""
+        return self.tables(layer)[0 if kind == "attn" else 1]
+
+    def units(self, levels: Levels) -> tuple[Table, Table]:
+        """(attention units, MLP widths) per block of `levels`."""
+        return (tuple(self.table(i, "attn")[k] for i, k in enumerate(levels.attn)),
+                tuple(self.table(i, "mlp")[k] for i, k in enumerate(levels.mlp)))
+
+    def to_genome(self, levels: Levels, space: SearchSpace) -> Genome:
+        """The genome of a level assignment (a block with both sub-blocks removed is a dropped block)."""
+        attn_u, mlp_w = self.units(levels)
+        attn = tuple(u / space.attn_units for u in attn_u)
+        mlp = tuple(w / space.shape.intermediate_size for w in mlp_w)
         return Genome(tuple(a > 0 or m > 0 for a, m in zip(attn, mlp)), attn, mlp)
+
+
+def default_level_tables(space: SearchSpace, mlp_levels: int) -> tuple[Table, Table]:
+    """A sparsity database's default levels: every attention unit count from all to 0, and `mlp_levels` MLP
+    widths evenly spaced from full to 0, on the grid (repeats dropped)."""
+    attn = tuple(range(space.attn_units, -1, -1))
+    widths: list[int] = []
+    for k in range(mlp_levels):
+        w = space.mlp_width(1.0 - k / (mlp_levels - 1))
+        if w not in widths:
+            widths.append(w)
+    return attn, tuple(widths)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tracenas.arch import Genome, Levels, SearchSpace
+from tracenas.arch import Genome, Levels, LevelTables, SearchSpace, default_level_tables
 from tracenas.runtime.config import atomic_write_json
 from tracenas.runtime.errors import RunDirError, TracenasError
 from tracenas.runtime.rundir import save_tensors
@@ -57,7 +57,7 @@ def block_file(i: int) -> str:
 
 
 @dataclass(frozen=True)
-class DatabaseSpec(SolveSettings):
+class DatabaseSpec(SolveSettings, LevelTables):
     """What a database holds: the levels of every sub-block, how kept units are chosen, and (`SolveSettings`)
     how they are solved on which calibration tokens."""
 
@@ -71,22 +71,12 @@ class DatabaseSpec(SolveSettings):
     # "expected-uniform": the same with every level weighted alike (see `expected_consumer_`)
     inputs: str = "dense"
 
-    def tables(self, layer: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(attention units, MLP widths) of block `layer`'s levels."""
-        return self.per_block[layer] if self.per_block is not None else (self.attn_units, self.mlp_widths)
-
     @classmethod
     def default(cls, space: SearchSpace, mlp_levels: int = DEFAULT_MLP_LEVELS, **kwargs) -> "DatabaseSpec":
         """Every KV-valid attention count; `mlp_levels` MLP widths evenly spaced from full to 0, on the grid."""
         if mlp_levels < 2:
             raise TracenasError(f"a database needs >= 2 MLP levels (full and removed), got {mlp_levels}")
-        attn = tuple(range(space.attn_units, -1, -1))
-        widths = []
-        for k in range(mlp_levels):
-            w = space.mlp_width(1.0 - k / (mlp_levels - 1))
-            if w not in widths:
-                widths.append(w)
-        return cls(attn, tuple(widths), **kwargs)
+        return cls(*default_level_tables(space, mlp_levels), **kwargs)
 
     def check(self, space: SearchSpace) -> None:
         if self.per_block is None:
@@ -142,7 +132,7 @@ def _differences(have: dict, want: dict) -> list[str]:
     return [k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
 
 
-class SparsityDatabase:
+class SparsityDatabase(LevelTables):
     """Read access to a built database (lazy: a block's file is opened when one of its levels is asked for)."""
 
     def __init__(self, path: Path, manifest: dict):
@@ -184,12 +174,6 @@ class SparsityDatabase:
     @property
     def complete(self) -> bool:
         return bool(self.manifest.get("complete"))
-
-    def table(self, layer: int, kind: str) -> tuple[int, ...]:
-        """Units kept at each level of one sub-block (attention units or MLP channels), descending."""
-        if self.per_block is not None:
-            return self.per_block[layer][0 if kind == "attn" else 1]
-        return self.attn_units if kind == "attn" else self.mlp_widths
 
     def num_levels(self, kind: str, layer: int = 0) -> int:
         return len(self.table(layer, kind))
@@ -452,7 +436,7 @@ def planned_bytes(shape: ModelShape, per_block, value_bytes: int = 4) -> int:
 # --- assembling candidates ------------------------------------------------------------------------------
 def levels_to_genome(db: SparsityDatabase, space: SearchSpace, levels: Levels) -> Genome:
     """The genome of a level assignment (a block with both sub-blocks removed is a dropped block)."""
-    return levels.genome(db.attn_units, db.mlp_widths, space)
+    return db.to_genome(levels, space)
 
 
 class LevelAssembler:

@@ -255,6 +255,15 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def json_float(x: float | None) -> float | str | None:
+    """A number as the run files store it: finite ones as floats, `inf`, `-inf` and `nan` as the strings
+    "inf", "-inf", "nan" (strict JSON has no literal for them; `float()` reads them back); None stays None."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+
+
 def save_config(run_dir: str | os.PathLike, name: str, cfg: Any, extra: dict[str, Any] | None = None) -> Path:
     """Write the fully resolved config of a stage as `<run_dir>/<name>.yaml`."""
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)

@@ -9,7 +9,7 @@ from tracenas.budget import BudgetMetric
 from tracenas.runtime.config import normalize_memory_budget, opt, parse_budget_spec
 from tracenas.runtime.errors import TracenasError
 from tracenas.proxies.registry import get_proxy, proxy_names
-from tracenas.search.registry import strategy_help, strategy_names
+from tracenas.search.registry import strategy_class, strategy_help, strategy_names, strategy_presets
 
 PRESETS: dict[str, dict] = {
     # Paper Table 5 / Sec. 4.1: 16 x 4096 calibration tokens, population 30, 10 elites, 50 iterations.
@@ -22,26 +22,9 @@ PRESETS: dict[str, dict] = {
                   proxy="kl"),
 }
 
-# `--strategy darwinlm` (DarwinLM, arXiv 2502.07780; see docs/darwinlm.md). paper: the official search script's
-# settings; quick: sized for the default model on a small CPU machine.
-DARWINLM_PRESETS: dict[str, dict] = {
-    "paper": dict(offspring=16, survivors="8,4,2,1", stage_tokens="1024,2048,4096,8192",
-                  finetune_tokens="10000,50000,100000,200000", finetune_lr=1e-5, iterations=200, num_sequences=16,
-                  seq_len=4096, micro_batch=1),
-    "quick": dict(offspring=4, survivors="2,1", stage_tokens="256,512", finetune_tokens="512,1024", finetune_lr=1e-5,
-                  iterations=8, num_sequences=16, seq_len=128, micro_batch=1),
-}
-DARWINLM_FIELDS = ("offspring", "survivors", "stage_tokens", "finetune_tokens", "finetune_lr")
-
-# `--strategy tyr` (Týr-the-Pruner; see docs/tyr.md). paper: the official example script's settings (Llama-2-7B);
-# quick: sized for the default model on a small CPU machine. `iterations` is generations per round.
-TYR_PRESETS: dict[str, dict] = {
-    "paper": dict(offspring=128, survivors="16,4,2", stage_tokens="2048,16384,131072", iterations=50, rounds=4,
-                  supernet_levels=9, level_step=0.125, num_sequences=32, seq_len=4096, micro_batch=1),
-    "quick": dict(offspring=8, survivors="2,1", stage_tokens="256,1024", iterations=6, rounds=3,
-                  supernet_levels=9, level_step=0.125, num_sequences=16, seq_len=128, micro_batch=1),
-}
-TYR_FIELDS = ("rounds", "supernet_levels", "level_step")
+# What `--strategy darwinlm` / `tyr` add to a preset (`tracenas.search.registry.STRATEGY_PRESETS`), for the help texts.
+DARWINLM_PRESETS = strategy_presets("darwinlm")
+TYR_PRESETS = strategy_presets("tyr")
 
 
 def int_list(text: object) -> tuple[int, ...]:
@@ -154,11 +137,8 @@ class SearchConfig:
             get_proxy(self.proxy)  # the registry as it is now: an unknown name is a one-line error
         if self.strategy not in strategy_names():
             raise TracenasError(f"unknown strategy {self.strategy!r}; choose from {', '.join(strategy_names())}")
-        for name in ("num_sequences", "seq_len", "rank", "population", "elites", "iterations", "micro_batch",
-                     "loss_chunk", "database_sequences", "database_seq_len"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise TracenasError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        self.check_positive("num_sequences", "seq_len", "rank", "population", "elites", "iterations", "micro_batch",
+                            "loss_chunk", "database_sequences", "database_seq_len")
         self.prior_power_list()
         if self.init_depth_flips < 0:
             raise TracenasError("--init-depth-flips must be >= 0")
@@ -183,39 +163,21 @@ class SearchConfig:
             raise TracenasError(f"--jitter-sigma must be >= 0, got {self.jitter_sigma}")
         if self.min_layers is not None and self.min_layers < 1:
             raise TracenasError(f"--min-layers must be at least 1, got {self.min_layers}")
-        preset = PRESETS[self.preset]
-        population = self.population if self.population is not None else preset["population"]
-        elites = self.elites if self.elites is not None else preset["elites"]
-        if self.strategy == "darwinlm":
-            if self.proxy not in (None, "kl"):
-                raise TracenasError("--strategy darwinlm scores by KL to the dense model: leave --proxy out or use kl")
-            if self.finetune_lr is not None and self.finetune_lr < 0:
-                raise TracenasError(f"--finetune-lr must be >= 0, got {self.finetune_lr}")
-            self._check_positive("offspring")
-            self._check_int_lists("survivors", "stage_tokens", "finetune_tokens")
-            if self.database_levels < 2:
-                raise TracenasError(f"--database-levels must be at least 2, got {self.database_levels}")
-        elif self.strategy == "tyr":
-            if self.proxy not in (None, "kl"):
-                raise TracenasError("--strategy tyr scores by KL to the dense model: leave --proxy out or use kl "
-                                    "(--fitness sparse_kl for the top-k variant)")
-            self._check_positive("offspring", "rounds", "supernet_levels")
-            if self.level_step is not None and not 0 < self.level_step <= 0.5:
-                raise TracenasError(f"--level-step must be in (0, 0.5], got {self.level_step}")
-            if self.topk < 1:
-                raise TracenasError(f"--topk must be at least 1, got {self.topk}")
-            self._check_int_lists("survivors", "stage_tokens")
-        elif self.strategy != "uniform" and elites >= population:
-            raise TracenasError(f"--elites ({elites}) must be smaller than --population ({population}): "
-                                "every generation needs room for new candidates")
+        strategy_class(self.strategy).check_options(self)  # what the chosen strategy refuses
 
-    def _check_positive(self, *names: str) -> None:
+    def preset_value(self, name: str):
+        """Option `name` as given, or else as the search's preset sets it."""
+        value = getattr(self, name)
+        return value if value is not None else PRESETS[self.preset][name]
+
+    def check_positive(self, *names: str) -> None:
+        """Each of `names` (if set) is a positive integer."""
         for name in names:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise TracenasError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
-    def _check_int_lists(self, *names: str) -> None:
+    def check_int_lists(self, *names: str) -> None:
         """Each of `names` (if set) is comma-separated integers."""
         for name in names:
             value = getattr(self, name)
@@ -248,11 +210,7 @@ class SearchConfig:
         return self.budget_flops if self.budget_flops is not None else self.budget
 
     def resolved(self) -> "SearchConfig":
-        """A copy with every preset-controlled field filled in."""
-        preset = dict(PRESETS[self.preset])
-        if self.strategy == "darwinlm":
-            preset |= DARWINLM_PRESETS[self.preset] | {"proxy": "kl"}
-        elif self.strategy == "tyr":
-            preset |= TYR_PRESETS[self.preset] | {"proxy": "kl"}
+        """A copy with every preset-controlled field filled in (the search's presets, then the strategy's)."""
+        preset = dict(PRESETS[self.preset]) | strategy_presets(self.strategy).get(self.preset, {})
         values = {k: v for k, v in preset.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **values)

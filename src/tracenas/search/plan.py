@@ -138,10 +138,7 @@ def plan_search(cfg: SearchConfig) -> SearchPlan:
     space = SearchSpace(shape, min_layers=min_layers, include_embeddings=cfg.include_embeddings,
                         metric=cfg.budget_metric())
     budget = space.resolve_budget(cfg.budget_value())
-    cls = strategy_class(cfg.strategy)
-    for_plan = getattr(cls, "for_plan", None)  # a strategy whose constructor needs more than the space (darwinlm)
-    strategy = for_plan(cfg, space, budget) if for_plan else cls(cls.config_from(cfg), space, budget,
-                                                                   lambda g: (0.0, {}))  # never called: counts only
+    strategy = strategy_class(cfg.strategy).for_plan(cfg, space, budget)  # counts only: never stepped
     return SearchPlan(model=cfg.model or "default", shape_from=shape_from, shape=shape, min_layers=min_layers,
                       attn_points=space.attn_units, mlp_points=mlp_points(space), space_size=space_size(space),
                       reachable=space.reachable(), budget=budget, unit=space.metric.unit,
@@ -149,7 +146,7 @@ def plan_search(cfg: SearchConfig) -> SearchPlan:
                       include_embeddings=cfg.include_embeddings, candidates=strategy.planned_candidates(),
                       tokens_per_candidate=cfg.num_sequences * cfg.seq_len,
                       backward=get_proxy(cfg.proxy).method.needs_probes,
-                      cost_note=strategy.plan_note() if hasattr(strategy, "plan_note") else None,
+                      cost_note=strategy.plan_note(),
                       scored_params=budget + (0 if cfg.include_embeddings else shape.embedding_params)
                       if cfg.score_on == "sliced" and space.metric.kind == "params" else None)
 

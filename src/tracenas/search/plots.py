@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -13,24 +12,18 @@ from pathlib import Path
 import matplotlib
 
 from tracenas.arch import ArchFile
+from tracenas.search.store import SearchStore
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _read_history(out: Path) -> list[dict]:
-    path = out / "history.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plot_search(out: str | os.PathLike) -> list[Path]:
     """Draw the search's progress and the best candidate's per-layer retention."""
-    out = Path(out)
-    state = json.loads((out / "search" / "state.json").read_text())
+    out, store = Path(out), SearchStore(out)
+    state = store.read_state()
     arch = ArchFile.read(out).to_dict()
-    hist = _read_history(out)
+    hist = store.read_history()
     written = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -42,8 +35,7 @@ def plot_search(out: str | os.PathLike) -> list[Path]:
     gens = list(range(len(best)))
     ax.plot(gens, [b if math.isfinite(b) else float("nan") for b in best], "-o", color="tab:red", label="best")
     ax.plot(gens, [m if math.isfinite(m) else float("nan") for m in mean], "-s", color="tab:blue", label="mean")
-    rounds = state.get("round_units") is not None and state.get("strategy") == "tyr"
-    if rounds and arch.get("rounds"):  # tyr: a line where each round (a new supernet) begins
+    if state.get("round_units") is not None and arch.get("rounds"):  # tyr: a line where each round (a new supernet) begins
         per_round = math.ceil(len(best) / max(1, len(arch["rounds"])))
         for r in range(1, len(arch["rounds"])):
             ax.axvline(r * per_round - 0.5, color="tab:purple", ls="--", lw=1, label="new round" if r == 1 else None)

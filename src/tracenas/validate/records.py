@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -33,10 +32,6 @@ def _json_default(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     raise TypeError(type(x))
-
-
-def _jf(x: float) -> float | str:
-    return float(x) if math.isfinite(float(x)) else str(float(x))
 
 
 def read_records(path: Path) -> list[dict]:

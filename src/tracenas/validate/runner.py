@@ -38,13 +38,13 @@ from torch import nn
 from tracenas.arch import SearchSpace
 from tracenas.runtime.config import format_count
 from tracenas.runtime.logs import run_log
-from tracenas.runtime.config import atomic_write_json, save_config
+from tracenas.runtime.config import atomic_write_json, json_float, save_config
 from tracenas.runtime.distributed import init_dist, rank_device
 from tracenas.runtime.errors import RunDirError
 from tracenas.prune.masking import select
 from tracenas.validate.candidates import sample_candidates
 from tracenas.validate.config import _RESUMABLE, ValidateConfig, ValidationResult
-from tracenas.validate.records import Records, _jf, append_record, read_records, repair_tail
+from tracenas.validate.records import Records, append_record, read_records, repair_tail
 from tracenas.validate.report import write_reports
 from tracenas.validate.scoring import Validator
 from tracenas.validate.stats import _score_value
@@ -192,7 +192,7 @@ def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank
                 scores, cost, sweep = validator.score(ctx, genome, missing, need_sweep)
                 if missing:
                     rec = {"type": "proxy", "index": i, "key": key, "seed": seed,
-                           "scores": {k: _jf(v) for k, v in scores.items()},
+                           "scores": {k: json_float(v) for k, v in scores.items()},
                            "seconds": {k: round(v, 4) for k, v in cost.items()}}
                     if validator.last_rho is not None:
                         rec["rho"] = {k: [None if x is None else round(x, 6) for x in v]
@@ -202,7 +202,7 @@ def _compute(cfg, out, model, adapter, space, tokenizer, candidates, names, rank
                 if need_sweep:
                     sec = sweep.pop("_seconds", None) if sweep else None
                     append_record(path, {"type": "sweep", "index": i, "key": key, "seed": seed,
-                                         "scores": {k: _jf(v) for k, v in (sweep or {}).items()}, "seconds": sec})
+                                         "scores": {k: json_float(v) for k, v in (sweep or {}).items()}, "seconds": sec})
                     recs.sweep[(i, seed)] = {"scores": sweep or {}}
             bar.update(1)
             if "phi" in names and (i, 0) in recs.proxy:

@@ -28,7 +28,7 @@ from tracenas.runtime.losses import next_token_loss
 from tracenas.prune.masking import slice_model
 from tracenas.models.adapter import ModelAdapter
 from tracenas.runtime.optim import param_groups
-from tracenas.search.strategies.darwinlm import StageTask, stage_sequences
+from tracenas.search.strategies.levels import StageTask, stage_sequences
 from tracenas.proxies.zero_cost import ForwardReference, forward_stats, prepare_reference
 
 WEIGHT_DECAY = 0.01  # torch's AdamW default, which the official fine-tuning uses

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from tracenas.search.recipes.runner import SearchRecipe
+from tracenas.search.strategies.depth import DepthSearch
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,12 @@ def block_influence(adapter, batches: torch.Tensor, micro_batch: int = 1) -> lis
 class DepthRecipe(SearchRecipe):
     """The evolution's recipe, plus one forward pass for the blocks' influence (rank 0's, shared)."""
 
+    strategy: DepthSearch
+
     def _setup_strategy(self) -> None:
         super()._setup_strategy()
         influence = self.dist.run_on_main(lambda: block_influence(self.adapter, self.batches, self.cfg.micro_batch))
-        self.strategy.influence = influence  # type: ignore[attr-defined]
+        self.strategy.influence = influence
         log.info("block influence: %s", ", ".join(f"{x:.3f}" for x in influence))
 
 

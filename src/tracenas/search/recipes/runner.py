@@ -4,14 +4,10 @@
     from tracenas.search.recipes.runner import run_search
     result = run_search(SearchConfig(preset="quick", budget="0.6", out="runs/demo"))
 
-Run directory:
-    search.yaml            resolved config          arch.json        best genome, sizes, score
-    history.jsonl          every scored candidate   search.log       log of the run
-    search/state.json      population, cache, RNG, the generation in progress (atomic, after every scored
-                           candidate and every generation)
-    search/anchor.safetensors   importance and base traces (reused by --resume)
-    search/timings.jsonl   seconds per candidate    search/summary.json  cost of the search
-    search/progress.png    best/mean score per generation; search/arch.png  per-layer retention
+Run directory: the files of `tracenas.search.store` (search.yaml, arch.json, history.jsonl, search.log,
+search/state.json, search/timings.jsonl, search/summary.json), search/anchor.safetensors (importance and base
+traces, reused by --resume) and the plots (search/progress.png: best/mean score per generation;
+search/arch.png: per-layer retention).
 
 Under `torchrun --nproc-per-node N -m tracenas search ...` every generation's new candidates are split
 over the ranks (`tracenas.runtime.distributed.map_ranks`) and the scores all-gathered, so every rank holds the
@@ -22,21 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import logging
-import math
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
-import yaml
 
 from tracenas.arch import ArchFile, Genome, SearchSpace
-from tracenas.runtime.config import format_count
-from tracenas.runtime.config import atomic_write_json, atomic_write_text, save_config
+from tracenas.runtime.config import format_count, json_float, save_config
 from tracenas.runtime.device import resolve_device, resolve_dtype, using_threads
 from tracenas.runtime.distributed import Dist, init_dist, map_ranks, rank_device
 from tracenas.runtime.errors import RunDirError, TracenasError
@@ -48,13 +41,14 @@ from tracenas.proxies.traces import Scorer, TraceProbes
 from tracenas.proxies.registry import get_proxy
 from tracenas.search.config import SearchConfig
 from tracenas.search.registry import strategy_class
-from tracenas.search.strategies.state import Candidate, EvolutionState
-from tracenas.search.strategies.base import SearchStrategy
+from tracenas.search import store
+from tracenas.search.store import STATE, SearchStore, refuse_existing, saved_candidates, saved_config
+from tracenas.search.strategies.state import Candidate
+from tracenas.search.strategies.base import SearchStrategy, Strategy, StrategyState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-STATE = "search/state.json"
-HISTORY = "history.jsonl"
 RANKS = ".ranks"  # under torchrun, rank r > 0 of a `rank_dirs` recipe writes its own copy of the run in OUT/.ranks/rank-r
 
 
@@ -68,28 +62,10 @@ class SearchResult:
     seconds: float
 
 
-_MAY_CHANGE_ON_RESUME = ("resume", "iterations", "out", "threads")  # a resumed search may be extended, or moved
-
-
-def saved_config(out: str | os.PathLike) -> dict:
-    """The options a search in `out` was started with (its `search.yaml`), minus those a resume may change."""
-    path = Path(out) / "search.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        saved = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise RunDirError(f"cannot read {path}: {err}") from err
-    if not isinstance(saved, dict):
-        raise RunDirError(f"{path} is corrupt: expected a mapping of option: value")
-    names = {f.name for f in dataclasses.fields(SearchConfig)}
-    return {k: v for k, v in saved.items() if k in names and k not in _MAY_CHANGE_ON_RESUME}
-
-
 def resume_config(cfg: SearchConfig, out: Path) -> SearchConfig:
     """`cfg` for resuming the search in `out`: options left unset (None) come from the saved config; a set
     option that differs from it is refused, so a resume never silently changes the search it continues."""
-    if not (out / STATE).exists():
+    if not SearchStore(out).has_state():
         raise RunDirError(f"--resume: no saved search in {out} (missing {STATE}); start it without --resume")
     saved = saved_config(out)
     values = dataclasses.asdict(cfg)
@@ -101,32 +77,6 @@ def resume_config(cfg: SearchConfig, out: Path) -> SearchConfig:
         raise RunDirError(f"--resume with options that differ from the saved search ({changes}); leave them out "
                           f"to continue it as it was started (`tracenas search --out {out} --resume`)")
     return merged
-
-
-def saved_candidates(out: str | os.PathLike) -> int:
-    """How many scored candidates the search saved in `out` holds (0: none, or no readable saved state)."""
-    try:
-        return int(json.loads((Path(out) / STATE).read_text())["history_len"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def _prepare_out(cfg: SearchConfig, out: Path) -> None:
-    """Refuse to start a new search over an existing one."""
-    if (out / STATE).exists():
-        raise RunDirError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
-
-
-def _truncate_jsonl(path: Path, n: int, required: bool = True) -> None:
-    """Keep the first `n` records of a JSONL file: those of the candidates the saved state knows."""
-    if not path.exists():
-        if n and required:
-            raise RunDirError(f"{path} is missing but the saved state records {n} candidates")
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    if len(lines) < n and required:
-        raise RunDirError(f"{path} has {len(lines)} records but the saved state expects {n}")
-    atomic_write_text(path, "".join(lines[:n]))
 
 
 def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenizer=None, source=None) -> SearchResult:
@@ -148,7 +98,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, model=None, tokenize
             cfg = by_writer(lambda: resume_config(cfg, out))
         else:
             cfg = cfg.resolved()
-            by_writer(lambda: _prepare_out(cfg, out))
+            by_writer(lambda: refuse_existing(out))
         if model is None:
             resolve_source(cfg.model)  # a missing model path fails here, before the run directory is touched
         data_mod.check_source(cfg.data)
@@ -177,7 +127,8 @@ class SearchRecipe:
 
     `setup` (`_setup_model`, `_setup_space`, `_setup_data`, `_setup_scorer`, `_setup_strategy`, then
     `resume` or `_fresh_outputs`) -> `search` (one `step` per generation; the strategy's hooks write
-    history.jsonl, timings and search/state.json) -> `finalize` (arch.json, summary, plots).
+    history.jsonl, timings and search/state.json) -> `finalize` (arch.json, summary, plots). Every file goes
+    through `self.store` (`tracenas.search.store.SearchStore`).
     """
 
     # Under torchrun only rank 0 writes the run directory; a recipe with `rank_dirs` has every rank write one
@@ -195,8 +146,8 @@ class SearchRecipe:
         self.main = self.writes_run_dir(self.dist)
         self.cfg, self.out, self.resuming, self.progress = cfg, out, resuming, progress and self.main
         self.model, self.tokenizer, self.source = model, tokenizer, source
-        self.history = out / HISTORY
-        self.timings = out / "search" / "timings.jsonl"
+        self.store = SearchStore(out)
+        self.strategy: Strategy
         self.probes: TraceProbes | None = None
         self.bar = None
 
@@ -312,23 +263,28 @@ class SearchRecipe:
         return map_ranks(self.scorer.score, genomes, self.dist, costs=[self.space.params(g) for g in genomes])
 
     def resume(self) -> None:
-        """Load search/state.json (rank 0 reads it, every rank loads it) and drop history/timing records the
-        saved state does not know."""
-        self.strategy.load_state_dict(self.dist.run_on_main(lambda: json.loads((self.out / STATE).read_text())))
+        """Load search/state.json (read where the run directory is read, see `by_writer`; every rank loads it),
+        drop history/timing records the saved state does not know, and record the config again."""
+        self.strategy.load_state_dict(self.by_writer(self.store.read_state))
         state = self.strategy.state
         if self.main:
-            _truncate_jsonl(self.history, state.history_len)
-            _truncate_jsonl(self.timings, state.history_len, required=False)
+            self.store.truncate(state.history_len)
             save_config(self.out, "search", dataclasses.replace(self.cfg, resume=False))  # records an extended --iterations
-        pending = "" if state.pending is None else f", {len(state.pending)} proposed for generation {state.generation}"
-        log.info("resuming after generation %d (%d candidates scored%s)", state.generation, state.history_len, pending)
+        self._resumed(state)
+
+    def by_writer(self, read: Callable[[], T]) -> T:
+        """`read()` of the run directory: this rank's own for a `rank_dirs` recipe, else rank 0's for every rank."""
+        return read() if self.rank_dirs else self.dist.run_on_main(read)
+
+    def _resumed(self, state: StrategyState) -> None:
+        """After a resume: say where the search continues."""
+        pending = self.strategy.state.pending
+        at = "" if pending is None else f", {len(pending)} proposed for generation {state.generation}"
+        log.info("resuming after generation %d (%d candidates scored%s)", state.generation, state.history_len, at)
 
     def _fresh_outputs(self) -> None:
-        if not self.main:
-            return
-        for p in (self.history, self.timings):
-            if p.exists():
-                p.unlink()
+        if self.main:
+            self.store.clear()
 
     # --- search ----------------------------------------------------------------------------------
     def search(self) -> Candidate | None:
@@ -353,25 +309,22 @@ class SearchRecipe:
         if not self.main:
             return
         state = self.strategy.state
-        rec = {"index": state.history_len - 1, "generation": generation, "score": _f(cand.score),
-               "params": cand.params, "loss": _f(info.get("loss")), "genome": cand.genome.to_dict()}
+        rec = {"index": state.history_len - 1, "generation": generation, "score": json_float(cand.score),
+               "params": cand.params, "loss": json_float(info.get("loss")), "genome": cand.genome.to_dict()}
         for k in ("rho_attn", "rho_mlp"):
             if k in info:
                 rec[k] = [None if x is None else round(x, 6) for x in info[k]]
-        with open(self.history, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        with open(self.timings, "a") as fh:
-            fh.write(json.dumps({"index": rec["index"], "seconds": round(info.get("seconds", 0.0), 4)}) + "\n")
+        self.store.append(rec, {"index": rec["index"], "seconds": round(info.get("seconds", 0.0), 4)})
         if state.pending is not None:  # last, so the saved state never counts a record not yet written
-            atomic_write_json(self.out / STATE, self.strategy.state_dict())
+            self.store.write_state(self.strategy.state_dict())
         if self.bar is not None:
             best = max((s for s in state.scores.values() if s > float("-inf")), default=float("nan"))
             self.bar.update(1)
             self.bar.set_postfix(gen=generation, best=f"{best:.4f}", last=f"{cand.score:.4f}")
 
-    def _on_generation(self, state: EvolutionState) -> None:
+    def _on_generation(self, state: StrategyState) -> None:
         if self.main:
-            atomic_write_json(self.out / STATE, self.strategy.state_dict())
+            self.store.write_state(self.strategy.state_dict())
             self._write_arch(self.strategy.best())
         log.info("generation %d/%d: best %.4f mean %.4f", state.generation, self.strategy.generations,
                  state.best_per_generation[-1], state.mean_per_generation[-1])
@@ -386,7 +339,7 @@ class SearchRecipe:
         if not self.main:
             return SearchResult(self.out, best, self.budget, self.space.base_params(), state.history_len, seconds)
         self._write_arch(best)
-        atomic_write_json(self.out / "search" / "summary.json", self._summary(seconds))
+        self.store.write_summary(self._summary(seconds))
         try:
             from tracenas.search.plots import plot_search
 
@@ -409,17 +362,29 @@ class SearchRecipe:
                 "candidates_this_session": self.scoring[1] if hasattr(self, "scoring") else None}
 
     def _write_arch(self, best: Candidate | None) -> None:
-        _write_arch(self.out, self.cfg, self.space, self.importance, best, self.budget, self.source)
+        """arch.json of the best candidate so far (none: nothing yet)."""
+        if best is not None:
+            self._save_arch(best, self.cfg.proxy, selection_to_list(select(self.space, best.genome, self.importance)))
+
+    def _save_arch(self, best: Candidate, proxy: str | None, selection: list, details: dict | None = None,
+                   more: dict | None = None) -> None:
+        """Write arch.json: the model (source, shape), `best`'s architecture and score, its `selection` (the
+        heads and channels export keeps), a strategy's `details` (a level search's levels and database), the
+        budget settings and the strategy, then `more` (a strategy's own keys)."""
+        cfg, space = self.cfg, self.space
+        model_info = self.source.as_dict() if self.source is not None else {"spec": cfg.model}
+        model_info["shape"] = space.shape.as_dict()
+        if cfg.tie_embeddings:  # only when set, so that existing arch.json files stay as they were
+            model_info["tie_embeddings"] = True
+        extra = {"selection": selection, **(details or {}), "budget_tolerance": cfg.budget_tolerance,
+                 "include_embeddings": cfg.include_embeddings, "min_layers": space.min_layers,
+                 "strategy": cfg.strategy, **(more or {})}
+        self.store.write_arch(ArchFile(model=model_info, arch=space.to_arch_dict(best.genome),
+                                       score=json_float(best.score), proxy=proxy, budget=self.budget, extra=extra))
 
 
 def _anchor_to_cpu(importance: Importance, base: dict | None) -> tuple[Importance, dict | None]:
     return importance, ({k: v.cpu() for k, v in base.items()} if base is not None else None)
-
-
-def _f(x):
-    if x is None:
-        return None
-    return float(x) if math.isfinite(float(x)) else str(float(x))
 
 
 def _progress(total: int, done: int, enabled: bool):
@@ -430,33 +395,11 @@ def _progress(total: int, done: int, enabled: bool):
     return tqdm(total=total, initial=done, desc="search", unit="cand", dynamic_ncols=True)
 
 
-def _write_arch(out: Path, cfg: SearchConfig, space: SearchSpace, importance: Importance,
-                best: Candidate | None, budget: int, source) -> None:
-    if best is None:
-        return
-    arch = space.to_arch_dict(best.genome)
-    model_info = source.as_dict() if source is not None else {"spec": cfg.model}
-    model_info["shape"] = space.shape.as_dict()
-    if cfg.tie_embeddings:  # only when set, so that existing arch.json files stay as they were
-        model_info["tie_embeddings"] = True
-    extra = {"selection": selection_to_list(select(space, best.genome, importance)),
-             "budget_tolerance": cfg.budget_tolerance, "include_embeddings": cfg.include_embeddings,
-             "min_layers": space.min_layers, "strategy": cfg.strategy}
-    af = ArchFile(model=model_info, arch=arch, score=_f(best.score), proxy=cfg.proxy, budget=budget, extra=extra)
-    atomic_write_text(out / "arch.json", af.to_json() + "\n")
-
-
 def is_done(out: str | os.PathLike, cfg: SearchConfig | None = None) -> bool:
-    """Whether the search in `out` has finished (with `cfg`: at least the generations its strategy runs)."""
-    out = Path(out)
-    iterations = None if cfg is None else strategy_class(cfg.strategy).config_from(cfg.resolved()).iterations
-    summary, state = out / "search" / "summary.json", out / STATE
-    if not (summary.exists() and state.exists() and (out / "arch.json").exists()):
-        return False
-    saved = json.loads(state.read_text())
-    if saved.get("pending") is not None:  # an extended search interrupted inside a generation
-        return False
-    return iterations is None or saved["generation"] >= iterations
+    """The stage contract: whether the search in `out` has finished (with `cfg`: every generation its strategy
+    runs, extended searches included)."""
+    generations = None if cfg is None else strategy_class(cfg.strategy).config_from(cfg.resolved()).total_generations
+    return store.is_done(out, generations)
 
 
 def run(cfg: SearchConfig, *, progress: bool = True) -> SearchResult:
@@ -464,4 +407,6 @@ def run(cfg: SearchConfig, *, progress: bool = True) -> SearchResult:
     return run_search(dataclasses.replace(cfg, resume=saved_candidates(Path(cfg.out)) > 0), progress=progress)
 
 
-__all__ = ["SearchRecipe", "SearchResult", "is_done", "run", "run_search", "saved_candidates", "Genome"]
+# the search stage's entry points: `run_search`, and (from `search.store`) what the pipeline and CLI ask of a run dir
+__all__ = ["SearchRecipe", "SearchResult", "is_done", "recipe_class", "resume_config", "run", "run_search",
+           "saved_candidates", "saved_config", "Genome"]

@@ -17,16 +17,20 @@ from typing import Callable, Protocol
 import numpy as np
 
 from tracenas.arch import Genome
+from tracenas.models.shape import ModelShape
 from tracenas.search.strategies.state import EvolutionState
 
 
 class Space(Protocol):
     """What the search needs from `tracenas.arch.SearchSpace`: the grid and the exact cost the budget counts."""
 
-    min_layers: int
-
+    @property
+    def min_layers(self) -> int: ...
+    @property
+    def shape(self) -> ModelShape: ...
     def snap(self, genome: Genome) -> Genome: ...
     def cost(self, genome: Genome) -> int: ...
+    def params(self, genome: Genome) -> int: ...
     def snap_attn(self, ratio: float) -> float: ...
     def snap_mlp(self, ratio: float) -> float: ...
     @property
@@ -81,7 +85,7 @@ class BudgetRepair:
 
 
 def num_layers(space: Space, prior: Prior | None) -> int:
-    return len(prior[0]) if prior else space.shape.num_layers  # type: ignore[attr-defined]
+    return len(prior[0]) if prior else space.shape.num_layers
 
 
 def importance_anchor(repair: BudgetRepair, prior: Prior | None, power: float = 1.0) -> Genome:

@@ -42,6 +42,10 @@ class OneCandidate(SearchStrategy):
 
 class UniformSearch(OneCandidate):
 
+    @classmethod
+    def check_options(cls, search: SearchConfig) -> None:
+        """None: --population and --elites do not apply."""
+
     def uniform_genome(self) -> Genome:
         """All blocks kept, one attention ratio and one MLP ratio for every block, inside the budget
         window, with the two ratios as close to each other as the grid allows."""

@@ -8,10 +8,10 @@ Pure Python: no numpy, torch or transformers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from tracenas.arch import Genome
+from tracenas.runtime.config import json_float
 
 NEG_INF = float("-inf")
 
@@ -46,6 +46,11 @@ class EvolutionConfig:
         if not 0 < self.budget_tolerance < 1:
             raise TracenasError("--budget-tolerance must be in (0, 1)")
 
+    @property
+    def total_generations(self) -> int:
+        """Generations of a whole run, the initial one included (what `state.generation` counts up to)."""
+        return self.iterations
+
 
 @dataclass
 class Candidate:
@@ -54,19 +59,11 @@ class Candidate:
     params: int
 
     def to_dict(self) -> dict:
-        return {"genome": self.genome.to_dict(), "score": _json_float(self.score), "params": self.params}
+        return {"genome": self.genome.to_dict(), "score": json_float(self.score), "params": self.params}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Candidate":
-        return cls(Genome.from_dict(d["genome"]), _from_json_float(d["score"]), int(d["params"]))
-
-
-def _json_float(x: float) -> float | str:
-    return x if math.isfinite(x) else str(x)
-
-
-def _from_json_float(x) -> float:
-    return float(x)
+        return cls(Genome.from_dict(d["genome"]), float(d["score"]), int(d["params"]))
 
 
 @dataclass
@@ -91,12 +88,12 @@ class EvolutionState:
         d = {
             "generation": self.generation,
             "population": [c.to_dict() for c in self.population],
-            "scores": {k: _json_float(v) for k, v in self.scores.items()},
+            "scores": {k: json_float(v) for k, v in self.scores.items()},
             "rng_state": self.rng_state,
             "history_len": self.history_len,
             "rejected": self.rejected,
-            "best_per_generation": [_json_float(x) for x in self.best_per_generation],
-            "mean_per_generation": [_json_float(x) for x in self.mean_per_generation],
+            "best_per_generation": [json_float(x) for x in self.best_per_generation],
+            "mean_per_generation": [json_float(x) for x in self.mean_per_generation],
         }
         if self.pending is not None:  # absent between generations: such a state reads as before this key existed
             d["pending"] = [g.to_dict() for g in self.pending]
@@ -107,7 +104,7 @@ class EvolutionState:
         return cls(
             generation=int(d["generation"]),
             population=[Candidate.from_dict(c) for c in d["population"]],
-            scores={k: _from_json_float(v) for k, v in d["scores"].items()},
+            scores={k: float(v) for k, v in d["scores"].items()},
             rng_state=d["rng_state"],
             history_len=int(d["history_len"]),
             rejected=int(d.get("rejected", 0)),

@@ -11,10 +11,10 @@ where the step is `initial_step` (12.5 %) of the sub-block in round 0 and halves
 would fall below 0 or above the full size are left out (the official clipping), so a sub-block near an end
 has fewer levels. Round 0 is centred on the uniform distribution at the budget; every later round on the
 previous round's winner (coarse to fine). The torch side builds each round's supernet
-(`on_round(round, LevelSpace)`, see `search.tyr_recipe`: a sparsity database with per-block levels and
+(`on_round(round, LevelSpace)`, see `search.recipes.tyr`: a sparsity database with per-block levels and
 expected-error inputs) before the round's first generation.
 
-Within a round the search is the (1+λ) evolution of `search.darwinlm` without fine-tuning: the parent starts
+Within a round the search is the (1+λ) evolution of `levels.LevelSearch` without fine-tuning: the parent starts
 at the centre (level index of the centre in every sub-block), each generation draws `offspring` distinct
 children by level-switch mutation with min(randint(1,4), randint(1,4)) flips, and the children are selected in
 stages (`survivors` kept after scoring on `eval_tokens` tokens each; the parent re-enters the last stage and
@@ -35,11 +35,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-
-from tracenas.arch import Levels, SearchSpace
+from tracenas.arch import Levels, SearchSpace, Table
 from tracenas.runtime.errors import TracenasError
-from tracenas.search.strategies.darwinlm import (
-    DarwinLMSearch, DarwinState, EvaluateFn, LevelSpace, StageTask, Table, uniform_start,
+from tracenas.search.strategies.levels import (
+    EvaluateFn, LevelConfig, LevelSearch, LevelSpace, LevelState, uniform_start,
 )
 
 if TYPE_CHECKING:
@@ -49,20 +48,17 @@ FITNESSES = ("kl", "sparse_kl")
 
 
 @dataclass(frozen=True)
-class TyrConfig:
+class TyrConfig(LevelConfig):
     offspring: int = 128
     survivors: tuple[int, ...] = (16, 4, 2)
     eval_tokens: tuple[int, ...] = (2048, 16384, 131072)
+    max_flips: int = 4
     generations: int = 50  # per round
     rounds: int = 4
     levels: int = 9  # K: sizes per sub-block in a round's supernet
     initial_step: float = 0.125  # of a sub-block, round 0; halves every round
-    max_flips: int = 4
     fitness: str = "kl"  # exact KL to the dense model, or the official top-k "sparse" KL
     topk: int = 8192
-    budget_tolerance: float = 0.02
-    seed: int = 0
-    max_tries: int = 2000
 
     def __post_init__(self) -> None:
         s = self.survivors
@@ -84,25 +80,16 @@ class TyrConfig:
             raise TracenasError(f"--fitness must be one of {', '.join(FITNESSES)}, got {self.fitness!r}")
         if self.topk < 1 or self.max_flips < 1:
             raise TracenasError("--topk and the flips must be at least 1")
-        if not 0 < self.budget_tolerance < 1:
-            raise TracenasError("--budget-tolerance must be in (0, 1)")
+        self._check_budget_tolerance()
 
-    # the fields `DarwinLMSearch` reads
     @property
-    def iterations(self) -> int:
+    def total_generations(self) -> int:
+        """Generations over all rounds."""
         return self.rounds * self.generations
 
     @property
-    def train_tokens(self) -> tuple[int, ...]:
-        return (0,) * len(self.survivors)
-
-    @property
-    def finetune_lr(self) -> float:
-        return 0.0
-
-    @property
-    def stages(self) -> int:
-        return len(self.survivors)
+    def kl_topk(self) -> int:
+        return self.topk if self.fitness == "sparse_kl" else 0
 
 
 def step_units(full: int, fraction: float, multiple: int = 1) -> int:
@@ -151,15 +138,16 @@ def full_grid(space: SearchSpace) -> LevelSpace:
 
 
 def uniform_centre(space: SearchSpace, window: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Round 0's centre: the uniform distribution at the budget on the full grid (`darwinlm.uniform_start`)."""
+    """Round 0's centre: the uniform distribution at the budget on the full grid (`levels.uniform_start`)."""
     grid = full_grid(space)
     return grid.units(uniform_start(grid, window))
 
 
 @dataclass
-class TyrState(DarwinState):
-    """`DarwinState` plus the round and its centre (attention units and MLP widths per block)."""
+class TyrState(LevelState):
+    """`LevelState` plus the round and its centre (attention units and MLP widths per block)."""
 
+    name = "tyr"
     centre_attn: tuple[int, ...] = ()
     centre_mlp: tuple[int, ...] = ()
     round_units: list[dict] = field(default_factory=list)  # each finished round's winner (units per block)
@@ -170,24 +158,21 @@ class TyrState(DarwinState):
         return len(self.round_units)
 
     def to_dict(self) -> dict:
-        d = super().to_dict()
-        d.update(strategy="tyr", round=self.round, centre_attn=list(self.centre_attn),
-                 centre_mlp=list(self.centre_mlp), round_units=self.round_units)
-        return d
+        return super().to_dict() | {"round": self.round, "centre_attn": list(self.centre_attn),
+                                    "centre_mlp": list(self.centre_mlp), "round_units": self.round_units}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TyrState":
-        if d.get("strategy") != "tyr":
-            raise TracenasError("the saved search state is not a tyr search")
-        base = DarwinState.from_dict(d | {"strategy": "darwinlm"})
-        return cls(**{k: getattr(base, k) for k in base.__dataclass_fields__},
-                   centre_attn=tuple(d["centre_attn"]), centre_mlp=tuple(d["centre_mlp"]),
-                   round_units=list(d.get("round_units", [])))
+    def fields_from(cls, d: dict) -> dict:
+        return super().fields_from(d) | {"centre_attn": tuple(d["centre_attn"]), "centre_mlp": tuple(d["centre_mlp"]),
+                                         "round_units": list(d.get("round_units", []))}
 
 
-class TyrSearch(DarwinLMSearch):
-    """Rounds of supernet evolution. Hooks: those of `DarwinLMSearch`, plus `on_round(round, level_space)`
+class TyrSearch(LevelSearch[TyrConfig, TyrState]):
+    """Rounds of supernet evolution. Hooks: those of `LevelSearch`, plus `on_round(round, level_space)`
     called before the first generation a session runs in a round (build or open that round's supernet)."""
+
+    recipe = "tracenas.search.recipes.tyr:TyrRecipe"
+    state_class = TyrState
 
     @classmethod
     def cost_lines(cls, cost: dict) -> list[str]:
@@ -198,17 +183,16 @@ class TyrSearch(DarwinLMSearch):
                 f"session in {cost['supernet_seconds_this_session']:.0f} s",
                 f"- search wall time over all sessions: {cost['wall_seconds']:.0f} s (candidates "
                 f"{cost['candidate_seconds']:.0f} s)"]
-
-    recipe = "tracenas.search.recipes.tyr:TyrRecipe"
+    proxy_note = " (--fitness sparse_kl for the top-k variant)"
 
     def __init__(self, cfg: TyrConfig, space: SearchSpace, budget: int, evaluate: EvaluateFn) -> None:
         self.on_round: Callable[[int, LevelSpace], None] | None = None
         self._ready_round = -1
-        super().__init__(cfg, LevelSpace(space, per_block=()), budget, evaluate)  # type: ignore[arg-type]
-        self.max_flips = cfg.max_flips
+        # no levels until a round is entered (`_enter_round`, before the round's first generation)
+        super().__init__(cfg, LevelSpace(space, per_block=()), budget, evaluate)
 
     @classmethod
-    def config_from(cls, search: SearchConfig) -> TyrConfig:  # type: ignore[override]
+    def config_from(cls, search: SearchConfig) -> TyrConfig:
         from tracenas.search.config import int_list as ints
 
         return TyrConfig(offspring=search.offspring, survivors=ints(search.survivors),
@@ -217,15 +201,21 @@ class TyrSearch(DarwinLMSearch):
                          topk=search.topk, budget_tolerance=search.budget_tolerance, seed=search.seed)
 
     @classmethod
-    def for_plan(cls, search: SearchConfig, space: SearchSpace, budget: int) -> "TyrSearch":
+    def check_options(cls, search: SearchConfig) -> None:
+        super().check_options(search)
+        search.check_positive("offspring", "rounds", "supernet_levels")
+        if search.level_step is not None and not 0 < search.level_step <= 0.5:
+            raise TracenasError(f"--level-step must be in (0, 0.5], got {search.level_step}")
+        if search.topk < 1:
+            raise TracenasError(f"--topk must be at least 1, got {search.topk}")
+        search.check_int_lists("survivors", "stage_tokens")
+
+    @classmethod
+    def for_plan(cls, search: SearchConfig, space: SearchSpace, budget: int) -> TyrSearch:
         return cls(cls.config_from(search), space, budget, lambda batch, task: [])
 
-    def initial_state(self) -> TyrState:  # type: ignore[override]
-        return TyrState(rng_state=self.rng.bit_generator.state)
-
     def load_state_dict(self, d: dict) -> None:
-        self.state = TyrState.from_dict(d)
-        self.rng.bit_generator.state = self.state.rng_state
+        super().load_state_dict(d)
         self._ready_round = -1
 
     # --- rounds ------------------------------------------------------------------------------------
@@ -234,16 +224,16 @@ class TyrSearch(DarwinLMSearch):
         return self.state.generation // self.cfg.generations
 
     def round_space(self, rnd: int | None = None) -> tuple[LevelSpace, Levels]:
-        state = self.state
+        state, space = self.state, self.levels.space
         if not state.centre_attn:
-            state.centre_attn, state.centre_mlp = uniform_centre(self.space, self.window)
-        return round_space(self.space, self.cfg, self.round if rnd is None else rnd, state.centre_attn,
-                           state.centre_mlp)
+            state.centre_attn, state.centre_mlp = uniform_centre(space, self.window)
+        return round_space(space, self.cfg, self.round if rnd is None else rnd, state.centre_attn, state.centre_mlp)
 
     def _enter_round(self) -> None:
         """Make `self.levels` the current round's; at a round's first generation, re-centre on the winner."""
         state, rnd = self.state, self.round
-        if state.pending is None and state.generation == rnd * self.cfg.generations and state.round != rnd:
+        ended = state.pending is None and state.generation == rnd * self.cfg.generations and state.round != rnd
+        if ended and state.parent is not None:
             # the previous round ended: its winner becomes the centre of this one
             previous, _ = self.round_space(state.round)
             attn, mlp = previous.units(state.parent)
@@ -260,12 +250,9 @@ class TyrSearch(DarwinLMSearch):
         self._ready_round = rnd
 
     def parent(self) -> Levels:
+        """The round's parent (entering the round first: its centre at the round's first generation)."""
         self._enter_round()
-        return self.state.parent
-
-    def step(self) -> None:
-        self._enter_round()
-        super().step()
+        return super().parent()
 
     def round_winners(self) -> list[dict]:
         """Each finished round's winner as {"attn": units per block, "mlp": widths per block} (the round in
@@ -282,23 +269,17 @@ class TyrSearch(DarwinLMSearch):
         g, best = self.cfg.generations, self.state.best_per_generation
         return [best[min(len(best), (r + 1) * g) - 1] for r in range(math.ceil(len(best) / g))]
 
-    def task(self, stage: int) -> StageTask:
-        c = self.cfg
-        return StageTask(self.state.generation, stage, c.eval_tokens[stage], 0, 0.0, c.seed)
-
-    def planned_candidates(self) -> int:
-        c = self.cfg
-        return c.iterations * (c.offspring + sum(c.survivors[:-1]) + 1)
+    def generation_label(self) -> str:
+        g, done = self.cfg.generations, self.state.generation - 1
+        return f"round {done // g + 1} generation {done % g + 1}/{g}"
 
     def plan_note(self) -> str:
         c = self.cfg
-        alive = [c.offspring] + list(c.survivors[:-1])
-        alive[-1] += 1
-        score = c.iterations * sum(n * t for n, t in zip(alive, c.eval_tokens))
         steps = ", ".join(f"{100 * round_step(c, r):g}%" for r in range(c.rounds))
         return (f"cost of the run: {c.rounds} rounds (level steps {steps}) x {c.generations} generations x "
-                f"{sum(alive)} fitness evaluations, scoring {score:,} tokens (forward, {c.fitness}); plus one "
-                f"supernet per round ({c.levels} levels per sub-block, expected-error inputs)")
+                f"{sum(c.evaluations_per_stage())} fitness evaluations, scoring {c.run_tokens(c.eval_tokens):,} "
+                f"tokens (forward, {c.fitness}); plus one supernet per round ({c.levels} levels per sub-block, "
+                "expected-error inputs)")
 
 
 __all__ = ["TyrConfig", "TyrSearch", "TyrState", "centred_table", "full_grid", "round_space", "step_units",
