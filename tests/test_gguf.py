@@ -402,3 +402,12 @@ def test_a_file_tracenas_did_not_write_is_never_replaced(bpe_run, tmp_path, caps
     before = other.read_bytes()
     assert main(["export", str(run_dir), "--format", "gguf", "--out", str(other)]) == 2
     assert other.read_bytes() == before
+
+
+def test_llamacpp_is_looked_for_in_the_repos_tools(monkeypatch):
+    """Without $TRACENAS_LLAMACPP_DIR, llama.cpp is looked for in the source tree's tools/llamacpp (where CI and the
+    README install it); a wrong path would silently skip every llama.cpp test."""
+    monkeypatch.delenv(llamacpp.ENV_DIR, raising=False)
+    repo = Path(__file__).resolve().parent.parent
+    assert llamacpp.probe_dir() == repo / "tools" / "llamacpp"
+    assert (llamacpp.probe_dir() / "probe.mjs").is_file()

@@ -23,7 +23,7 @@ from typing import Any
 from tracenas.runtime.errors import TracenasError
 
 ENV_DIR = "TRACENAS_LLAMACPP_DIR"  # a directory holding probe.mjs and its node_modules (default: tools/llamacpp)
-_REPO_TOOLS = Path(__file__).resolve().parents[2] / "tools" / "llamacpp"
+_REPO_TOOLS = Path(__file__).resolve().parents[4] / "tools" / "llamacpp"  # src/tracenas/export/gguf/ -> repo
 
 
 def probe_dir() -> Path:
